@@ -1,0 +1,16 @@
+"""vit-demo: start the web app (``python app.py``; on Hugging Face Spaces, the app file).
+
+Importing this module builds nothing; ``main()`` loads the models and launches the server.
+Settings: VIT_DEMO_DATA_DIR (CIFAR-10 arrays), VIT_DEMO_WEIGHTS_DIR (checkpoints),
+VIT_DEMO_VITB16_HUB (ViT-B/16 hub name), GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+"""
+
+
+def main() -> None:
+    from vit_demo.ui import build_demo, create_context, launch_kwargs
+
+    build_demo(create_context()).launch(**launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The classify path: preprocessing against timm's, prediction, and /classify through a
+launched app with gradio_client on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import handle_file
+from PIL import Image
+
+from vit_demo.data import CLASSES, CIFAR10_DATA_CONFIG, DataConfig
+from vit_demo.inference import preprocess
+
+
+@pytest.mark.parametrize("size", [(32, 32), (300, 200), (50, 4000), (1, 1)])
+def test_preprocess_equals_timm_eval_transform(size):
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    cfg = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**cfg)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = preprocess(img, DataConfig.from_dict(cfg))
+    assert ours.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(ours, transform(img).unsqueeze(0), atol=1e-6, rtol=0)
+
+
+def test_scratch_preprocess_keeps_cifar_pixels(cifar_test):
+    x = cifar_test.x[0]
+    ours = preprocess(Image.fromarray(x.numpy()), CIFAR10_DATA_CONFIG)[0]  # (3, 32, 32)
+    mean = torch.tensor(CIFAR10_DATA_CONFIG.mean).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_DATA_CONFIG.std).view(3, 1, 1)
+    expected = (x.permute(2, 0, 1).float() / 255 - mean) / std
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+
+
+def _save_png(tmp_path, x, name="img.png"):
+    path = tmp_path / name
+    Image.fromarray(x.numpy()).save(path)
+    return path
+
+
+def test_classify_api_scratch_matches_direct_forward(client, app, cifar_test, tmp_path):
+    _, ctx = app
+    model = ctx.registry.get("scratch").model
+    for i in (0, 1, 2):
+        path = _save_png(tmp_path, cifar_test.x[i], f"{i}.png")
+        left, right, notes = client.predict(handle_file(str(path)), "scratch", api_name="/classify")
+        x = (cifar_test.x[i].permute(2, 0, 1).float() / 255)
+        x = (x - torch.tensor(CIFAR10_DATA_CONFIG.mean).view(3, 1, 1)) / torch.tensor(
+            CIFAR10_DATA_CONFIG.std).view(3, 1, 1)
+        with torch.no_grad():
+            probs = model(x.unsqueeze(0)).softmax(-1)[0]
+        top = probs.topk(5)
+        assert left["label"] == CLASSES[int(top.indices[0])]
+        got = {c["label"]: c["confidence"] for c in left["confidences"]}
+        assert list(got) == [CLASSES[int(j)] for j in top.indices]
+        np.testing.assert_allclose(list(got.values()), top.values.numpy(), atol=1e-5)
+        assert not right  # one model chosen: the right side stays empty
+        assert " ms" in notes
+
+
+def test_classify_both_without_hub_reports_vitb16_unavailable(client, cifar_test, tmp_path):
+    path = _save_png(tmp_path, cifar_test.x[3])
+    left, right, notes = client.predict(handle_file(str(path)), "both", api_name="/classify")
+    assert left["label"] in CLASSES and len(left["confidences"]) == 5
+    assert not right
+    assert "ViT-B/16" in notes and "unavailable" in notes
+    assert "network" in notes and "vit-b16-cifar10" in notes
+
+
+def test_classify_vitb16_alone_without_hub_is_a_clear_error(client, cifar_test, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    path = _save_png(tmp_path, cifar_test.x[4])
+    with pytest.raises(AppError, match="unavailable.*Hugging Face hub"):
+        client.predict(handle_file(str(path)), "vit-b16", api_name="/classify")
+
+
+def test_classify_unknown_model_is_refused(client, cifar_test, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    path = _save_png(tmp_path, cifar_test.x[5])
+    with pytest.raises(AppError, match="Unknown model"):
+        client.predict(handle_file(str(path)), "../../etc/passwd", api_name="/classify")

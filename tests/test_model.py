@@ -1,0 +1,143 @@
+"""The scratch ViT against timm's VisionTransformer, and checkpoints against their cards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vit_demo.checkpoint import CheckpointError, load_model_tensors, save_model
+from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict
+from vit_demo.models import Registry, load_checkpoint
+
+
+def timm_twin(cfg: ViTConfig) -> VisionTransformer:
+    """timm's ViT at our configuration, with random (not default-initialised) weights."""
+    model = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size,
+                              num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth,
+                              num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                              global_pool="token" if cfg.pool == "cls" else "avg")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+def timm_attention(model: VisionTransformer, x: torch.Tensor) -> list[torch.Tensor]:
+    """Attention probabilities from timm's unfused path, recorded at ``attn_drop``."""
+    maps, handles = [], []
+    for block in model.blocks:
+        block.attn.fused_attn = False
+        handles.append(block.attn.attn_drop.register_forward_hook(
+            lambda m, inp, out: maps.append(out.detach())))
+    model(x)
+    for h in handles:
+        h.remove()
+    return maps
+
+
+CONFIGS = {
+    "cifar-cls": ViTConfig(image_size=32, patch_size=4, dim=96, depth=3, heads=3, mlp_ratio=2.0),
+    "cifar-mean": ViTConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=4, pool="mean"),
+    "B/16": PRESETS["B/16"],
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_and_attention_equal_timm(name):
+    torch.manual_seed(0)
+    cfg = CONFIGS[name]
+    reference = timm_twin(cfg)
+    ours = ViT(cfg).eval()
+    ours.load_state_dict(convert_timm_state_dict(reference.state_dict(), cfg))
+    batch = 1 if name == "B/16" else 4
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        expected = reference(x)
+        fast = ours(x)
+        logits, attns = ours(x, return_attention=True)
+        expected_attn = timm_attention(reference, x)
+    assert (fast - expected).abs().max() < 1e-4
+    assert (logits - expected).abs().max() < 1e-4
+    rows, cols = cfg.grid_size
+    assert len(attns) == cfg.depth
+    for a, b in zip(attns, expected_attn):
+        assert a.shape == (batch, cfg.heads, 1 + rows * cols, 1 + rows * cols)
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_converter_refuses_weights_it_cannot_represent():
+    cfg = CONFIGS["cifar-cls"]
+    state = timm_twin(cfg).state_dict()
+    state["blocks.0.ls1.gamma"] = torch.ones(cfg.dim)  # layer scale: not in our model
+    with pytest.raises(ValueError, match="cannot represent"):
+        convert_timm_state_dict(state, cfg)
+
+
+def test_mean_pooling_differs_from_cls_pooling():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    a = ViT(ViTConfig(dim=64, depth=1, heads=2))
+    b = ViT(ViTConfig(dim=64, depth=1, heads=2, pool="mean"))
+    b.load_state_dict(a.state_dict())
+    torch.nn.init.normal_(a.head.weight)
+    b.head.weight.data.copy_(a.head.weight)
+    feats, _ = a.forward_features(x)
+    norm = a.norm
+    torch.testing.assert_close(a(x), a.head(norm(feats[:, 0])))
+    torch.testing.assert_close(b(x), a.head(norm(feats[:, 1:].mean(1))))
+
+
+def _save(tmp_path, name="m", cfg=None):
+    cfg = cfg or PRESETS["cifar10-T/4"]
+    model = ViT(cfg)
+    card = {"arch": "scratch-vit", "model_config": cfg.to_dict(), "classes": ["c"] * cfg.num_classes}
+    save_model(tmp_path, name, model.state_dict(), card)
+    return model
+
+
+def test_checkpoint_roundtrip_gives_identical_logits(tmp_path):
+    torch.manual_seed(1)
+    model = _save(tmp_path).eval()
+    loaded, kind, _, card = load_checkpoint(tmp_path, "m")
+    x = torch.randn(3, 3, 32, 32)
+    assert kind == "scratch" and card["name"] == "m"
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_card_describing_another_architecture_is_refused(tmp_path):
+    _save(tmp_path)
+    card_path = tmp_path / "m.json"
+    card = json.loads(card_path.read_text())
+    card["model_config"]["dim"] = 96  # card says 96, tensors are 64 wide
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="does not match its card.*shapes.*file \\[.*card \\["):
+        load_checkpoint(tmp_path, "m")
+
+
+def test_tensors_swapped_under_a_card_are_refused(tmp_path):
+    _save(tmp_path, "a")
+    torch.manual_seed(5)
+    _save(tmp_path, "b")
+    (tmp_path / "b.safetensors").replace(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        load_model_tensors(tmp_path, "a")
+
+
+def test_unfinished_write_is_not_listed_and_names_cannot_escape(tmp_path):
+    _save(tmp_path, "done")
+    (tmp_path / "half.safetensors").write_bytes(b"partial")  # no card: an interrupted write
+    registry = Registry(tmp_path, allow_hub=False)
+    assert "half" not in registry.keys() and "done" in registry.keys()
+    for bad in ("../done", "/etc/passwd", "a/b", ".hidden", ""):
+        with pytest.raises(CheckpointError):
+            load_model_tensors(tmp_path, bad)
+
+
+def test_missing_scratch_checkpoint_says_how_to_get_it(tmp_path):
+    registry = Registry(tmp_path, allow_hub=False)
+    status = registry.status("scratch")
+    assert status.state == "unavailable"
+    assert "python -m vit_demo train" in status.reason

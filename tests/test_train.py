@@ -1,0 +1,324 @@
+"""The trainer, checkpoints, resume, cancel, augmentation, DDP and the evaluate command, on real
+CIFAR-10 images and the tiny preset.
+
+Images come from ``$VIT_DEMO_DATA_DIR``, else ``../shared/data/cifar10`` beside the repository,
+else torchvision's download (so that the tests also run on a fresh machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit_demo.checkpoint import (CheckpointError, load_card, load_model_tensors, load_tensors,
+                                 rewrite_card, save_model)
+from vit_demo.cli import main
+from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, Split, crop_flip_draws,
+                           load_cifar10, preprocess_batch, random_crop_flip, train_val_split)
+from vit_demo.model import PRESETS, ViT, ViTConfig
+from vit_demo.models import load_checkpoint
+from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = "cifar10-T/4"
+
+
+def data_dir() -> str | None:
+    """The CIFAR-10 arrays folder; None lets ``load_cifar10`` use torchvision's download."""
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
+    shared = REPO.parent / "shared" / "data" / "cifar10"
+    return str(shared) if shared.is_dir() else None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train no faster on two threads, and a busy CPU makes two threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def train_set() -> Split:
+    return load_cifar10("train", data_dir())
+
+
+@pytest.fixture(scope="module")
+def test_set() -> Split:
+    return load_cifar10("test", data_dir())
+
+
+def tiny_model(seed: int = 0, **changes) -> ViT:
+    torch.manual_seed(seed)
+    return ViT(dataclasses.replace(PRESETS[TINY], **changes))
+
+
+@pytest.fixture(scope="module")
+def overfit(train_set: Split) -> dict:
+    """20 steps on one fixed batch of 64 images (no augmentation): model, losses and lrs."""
+    losses, lrs = [], []
+
+    def record(p: Progress) -> None:
+        losses.append(p.loss)
+        lrs.append(p.lr)
+
+    model = tiny_model()
+    cfg = TrainConfig(epochs=20, batch_size=64, lr=3e-3, warmup_epochs=2, augment=False)
+    trainer = Trainer(model, CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(64)), cfg,
+                      callback=record)
+    trainer.run()
+    return {"model": model.eval(), "losses": losses, "lrs": lrs, "trainer": trainer}
+
+
+def expected_lr(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warm-up from peak/warmup to peak over ``warmup`` steps, then a half cosine from
+    peak down to floor, reached at step ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / (total - warmup), 1.0)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def test_loss_goes_down(overfit: dict):
+    losses = overfit["losses"]
+    assert len(losses) == 20
+    assert losses[0] == pytest.approx(math.log(10), abs=0.01)  # the zero-initialised head
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first - 0.3, losses
+
+
+def test_lr_schedule():
+    total, warmup, peak, floor = 100, 10, 1e-3, 1e-5
+    for step in range(total + 5):
+        assert lr_at(step, total, warmup, peak, floor) == pytest.approx(
+            expected_lr(step, total, warmup, peak, floor), rel=1e-12, abs=1e-15)
+    assert lr_at(0, total, warmup, peak, floor) == pytest.approx(peak / warmup)
+    assert lr_at(warmup - 1, total, warmup, peak, floor) == pytest.approx(peak)
+    assert lr_at(warmup + (total - warmup) // 2, total, warmup, peak, floor) == pytest.approx(
+        (peak + floor) / 2)
+    assert lr_at(total, total, warmup, peak, floor) == pytest.approx(floor)
+    decay = [lr_at(s, total, warmup, peak, floor) for s in range(warmup, total + 1)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+
+
+def test_trainer_uses_the_schedule(overfit: dict):
+    trainer = overfit["trainer"]
+    assert (trainer.total_steps, trainer.warmup_steps) == (20, 2)
+    assert overfit["lrs"] == pytest.approx(
+        [expected_lr(s, 20, 2, 3e-3, TrainConfig.min_lr) for s in range(20)], rel=1e-12)
+
+
+def tiny_card(cfg: ViTConfig) -> dict:
+    return {"arch": "scratch-vit", "preset": TINY, "model_config": cfg.to_dict(),
+            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(overfit: dict, tmp_path_factory) -> Path:
+    """A weights folder holding the overfit model as checkpoint ``tiny``."""
+    folder = tmp_path_factory.mktemp("weights")
+    model = overfit["model"]
+    save_model(folder, "tiny", model.state_dict(), tiny_card(model.cfg))
+    return folder
+
+
+def test_checkpoint_round_trip_gives_identical_logits(overfit: dict, tiny_weights: Path,
+                                                      test_set: Split):
+    loaded, kind, data_cfg, card = load_checkpoint(tiny_weights, "tiny")
+    assert kind == "scratch" and data_cfg == CIFAR10_DATA_CONFIG
+    assert card["tensors"]["count"] == len(overfit["model"].state_dict())
+    x = preprocess_batch(test_set.x[:32], CIFAR10_DATA_CONFIG)
+    with torch.inference_mode():
+        expected, got = overfit["model"](x), loaded(x)
+    assert torch.equal(expected, got)
+    assert expected.std() > 0  # a trained head, not the all-zero initial one
+
+
+def test_resume_equals_uninterrupted_run(train_set: Split, tmp_path: Path):
+    """6 steps in one go == 3 steps, then a fresh Trainer (another init) resuming for 3 more;
+    with dropout and drop path on, so the per-step random state is covered too."""
+    train = train_set.subset(torch.arange(256))
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=2e-3, warmup_epochs=0.25, checkpoint_every=1000)
+    changes = {"dropout": 0.1, "drop_path": 0.1}
+    whole, split = tmp_path / "whole.safetensors", tmp_path / "split.safetensors"
+
+    Trainer(tiny_model(**changes), CIFAR10_DATA_CONFIG, train, dataclasses.replace(cfg, max_steps=6),
+            state_path=whole).run()
+    first = Trainer(tiny_model(**changes), CIFAR10_DATA_CONFIG, train,
+                    dataclasses.replace(cfg, max_steps=3), state_path=split).run()
+    assert first.step == 3 and load_tensors(split)[1]["step"] == 3
+    resumed = Trainer(tiny_model(seed=1, **changes), CIFAR10_DATA_CONFIG, train,
+                      dataclasses.replace(cfg, max_steps=6), state_path=split)
+    assert resumed.step == 3
+    assert resumed.run().step == 6
+
+    a, meta_a = load_tensors(whole)
+    b, meta_b = load_tensors(split)
+    assert meta_a["step"] == meta_b["step"] == 6
+    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    model = resumed.model.state_dict()
+    for key, value in model.items():
+        assert torch.equal(value, a[f"model.{key}"]), key
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_last_state(train_set: Split, tmp_path: Path):
+    state = tmp_path / "state.safetensors"
+    cancel = threading.Event()
+    written: dict[int, bytes] = {}
+
+    def callback(p: Progress) -> None:
+        if p.step == 2:  # a state was written at step 2 (checkpoint_every=2), before this call
+            written[2] = state.read_bytes()
+        if p.step == 3:
+            cancel.set()
+
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, checkpoint_every=2)
+    result = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(256)), cfg,
+                     state_path=state, callback=callback, cancel=cancel).run()
+    assert result.cancelled and result.step == 3 and result.total_steps == 8
+    assert state.read_bytes() == written[2]
+    assert load_tensors(state)[1]["step"] == 2
+
+
+def reference_crop_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip: np.ndarray,
+                        pad: int) -> np.ndarray:
+    """One image at a time: reflect-pad, crop at (dy, dx), mirror left-right if flip."""
+    out = np.empty_like(images)
+    _, H, W, _ = images.shape
+    for i, image in enumerate(images):
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        crop = padded[dy[i]:dy[i] + H, dx[i]:dx[i] + W]
+        out[i] = crop[:, ::-1] if flip[i] else crop
+    return out
+
+
+@pytest.mark.parametrize("pad", [4, 2])
+def test_random_crop_flip_matches_a_per_image_reference(train_set: Split, pad: int):
+    x = train_set.x[:200]
+    dy, dx, flip = crop_flip_draws(len(x), torch.Generator().manual_seed(7), pad)
+    assert set(dy.tolist()) == set(range(2 * pad + 1)) == set(dx.tolist())
+    assert 0 < int(flip.sum()) < len(x)
+    got = random_crop_flip(x, torch.Generator().manual_seed(7), pad)
+    assert got.dtype == torch.uint8 and got.shape == x.shape
+    expected = reference_crop_flip(x.numpy(), dy.numpy(), dx.numpy(), flip.numpy(), pad)
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_trainer_splits_the_global_batch_by_rank(train_set: Split):
+    cfg = TrainConfig(epochs=1, batch_size=32)
+    trainer = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(128)), cfg)
+    x, y = trainer._batch(5)
+    shares = []
+    for rank in range(2):
+        trainer.rank, trainer.world = rank, 2
+        shares.append(trainer._batch(5))
+    assert [len(s[1]) for s in shares] == [16, 16]
+    assert torch.equal(torch.stack([shares[0][0], shares[1][0]], 1).flatten(0, 1), x)
+    assert torch.equal(torch.stack([shares[0][1], shares[1][1]], 1).flatten(0, 1), y)
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(train_set: Split, tmp_path: Path):
+    """torchrun, 2 gloo ranks of 16 images each == one process on the same 32-image batches.
+
+    Adam magnifies float noise in near-zero gradients (e.g. of the key bias, which cannot
+    change the attention): the runs differ by ~2e-6 at lr 1e-3 but ~7e-6 at 3e-3, hence 1e-3."""
+    state = tmp_path / "ddp.safetensors"
+    folder = data_dir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "vit_demo", "train", "--preset", TINY, "--train-images", "96", "--val-images", "0",
+           "--batch-size", "32", "--epochs", "2", "--max-steps", "4", "--warmup-epochs", "1",
+           "--lr", "1e-3", "--threads", "1", "--resume", str(state),
+           *(["--data-dir", folder] if folder else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    tensors, meta = load_tensors(state)
+    assert meta["step"] == 4
+
+    cfg = TrainConfig.from_dict(meta["config"])
+    assert (cfg.batch_size, cfg.max_steps, cfg.augment) == (32, 4, True)
+    model = tiny_model(seed=cfg.seed)  # as the command builds it
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    train = train_val_split(train_set)[0].subset(torch.arange(96))
+    Trainer(model, CIFAR10_DATA_CONFIG, train, cfg).run()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(tensors[f"model.{key}"], value, rtol=0, atol=1e-5, msg=key)
+    moved = max((model.state_dict()[k] - v).abs().max().item() for k, v in initial.items())
+    assert moved > 5e-4
+
+
+def flops_formula(cfg: ViTConfig) -> int:
+    """Forward FLOPs of one image, 2 per multiply-add: patch conv, per block the q/k/v
+    projection, scores q@k^T, weights@v, output projection and the MLP, then the head on [CLS]."""
+    rows, cols = cfg.grid_size
+    patches, tokens, d = rows * cols, rows * cols + 1, cfg.dim
+    hidden = int(d * cfg.mlp_ratio)
+    patch_embed = 2 * patches * d * cfg.in_chans * cfg.patch_size ** 2
+    block = (2 * tokens * d * 3 * d  # qkv
+             + 2 * tokens * tokens * d  # q @ k^T, all heads
+             + 2 * tokens * tokens * d  # attention @ v
+             + 2 * tokens * d * d  # proj
+             + 2 * 2 * tokens * d * hidden)  # fc1 + fc2
+    return patch_embed + cfg.depth * block + 2 * d * cfg.num_classes
+
+
+def test_evaluate_command(overfit: dict, tiny_weights: Path, test_set: Split, tmp_path: Path,
+                          capsys):
+    png = tmp_path / "confusion.png"
+    folder = data_dir()
+    before = load_card(tiny_weights, "tiny")
+    assert main(["evaluate", "--name", "tiny", "--weights-dir", str(tiny_weights), "--limit", "300",
+                 "--png", str(png), "--update-card",
+                 *(["--data-dir", folder] if folder else [])]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+    card = load_card(tiny_weights, "tiny")
+    assert card["tensors"] == before["tensors"]
+    load_model_tensors(tiny_weights, "tiny")  # the card still vouches for its tensors file
+    metrics = card["metrics"]
+    test = metrics["test"]
+    confusion = np.array(test["confusion"])
+    labels = test_set.y[:300].numpy()
+    assert test["images"] == 300
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(labels, minlength=10))
+    assert test["accuracy"] == pytest.approx(np.trace(confusion) / 300)
+    np.testing.assert_allclose(test["per_class_accuracy"],
+                               np.diag(confusion) / confusion.sum(axis=1))
+    with torch.inference_mode():
+        pred = overfit["model"](preprocess_batch(test_set.x[:300], CIFAR10_DATA_CONFIG)).argmax(-1)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(expected, (labels, pred.numpy()), 1)
+    np.testing.assert_array_equal(confusion, expected)
+
+    cfg = overfit["model"].cfg
+    assert metrics["params"] == sum(p.numel() for p in overfit["model"].parameters())
+    assert metrics["flops_per_image"] == pytest.approx(flops_formula(cfg), rel=0.03)
+    assert 0 < metrics["cpu_latency_ms"] < 1000 and metrics["cpu_threads"] >= 1
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_rewrite_card_refuses_another_tensors_entry(tiny_weights: Path):
+    card = load_card(tiny_weights, "tiny")
+    forged = {**card, "tensors": {**card["tensors"], "sha256": "0" * 64}}
+    with pytest.raises(CheckpointError):
+        rewrite_card(tiny_weights, "tiny", forged)
+    assert load_card(tiny_weights, "tiny") == card

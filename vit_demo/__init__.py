@@ -1,0 +1,1 @@
+"""vit-demo: see what a Vision Transformer sees."""

@@ -1,0 +1,171 @@
+"""Checkpoints: safetensors files with a JSON card, written atomically, read only from one folder.
+
+A model named ``NAME`` is the pair ``NAME.safetensors`` + ``NAME.json`` inside the weights
+directory. The card is written last, so a pair without a card is an unfinished write and is
+ignored. Nothing here unpickles: safetensors holds tensors and string metadata only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+WEIGHTS_DIR_ENV = "VIT_DEMO_WEIGHTS_DIR"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, outside the weights folder, or disagrees with its card."""
+
+
+def default_weights_dir() -> Path:
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def model_path(weights_dir: Path, name: str, suffix: str) -> Path:
+    """``weights_dir/name+suffix``, refusing any name that could lead outside the folder."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise CheckpointError(f"invalid checkpoint name {name!r}: use letters, digits, '_', '-', '.'")
+    root = Path(weights_dir).resolve()
+    path = (root / f"{name}{suffix}").resolve()
+    if path.parent != root:
+        raise CheckpointError(f"{name!r} is outside the weights folder")
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` into a temporary file beside ``path``, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Atomically write tensors (and JSON-able metadata, stored as one string) to safetensors."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"json": json.dumps(metadata)} if metadata is not None else None
+    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    return tensors, (json.loads(meta["json"]) if "json" in meta else None)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(weights_dir: Path, name: str, state_dict: dict[str, torch.Tensor], card: dict,
+               overwrite: bool = False) -> Path:
+    """Write ``name.safetensors`` then ``name.json`` (with the tensors' digest) atomically."""
+    tensors_path = model_path(weights_dir, name, ".safetensors")
+    card_path = model_path(weights_dir, name, ".json")
+    if not overwrite and (tensors_path.exists() or card_path.exists()):
+        raise CheckpointError(f"checkpoint {name!r} exists; choose another name or allow overwriting")
+    save_tensors(tensors_path, state_dict)
+    card = {**card, "name": name,
+            "tensors": {"file": tensors_path.name, "sha256": sha256(tensors_path),
+                        "count": len(state_dict)}}
+    _write_json(card_path, card)
+    return tensors_path
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def rewrite_card(weights_dir: Path, name: str, card: dict) -> None:
+    """Atomically replace the card of checkpoint ``name`` (e.g. to add metrics).
+
+    The new card must keep the ``tensors`` entry (file, sha256, count) of the card on disk,
+    so that it still vouches for the same tensors file.
+    """
+    tensors = load_card(weights_dir, name).get("tensors")
+    if not tensors or card.get("tensors") != tensors:
+        raise CheckpointError(f"the new card of {name!r} must keep the tensors entry of the old one")
+    _write_json(model_path(weights_dir, name, ".json"), card)
+
+
+def list_models(weights_dir: Path) -> list[str]:
+    """Names of complete checkpoints (both files present) in the weights folder."""
+    root = Path(weights_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.stem for p in root.glob("*.json")
+                  if NAME_RE.match(p.stem) and (root / f"{p.stem}.safetensors").is_file())
+
+
+def load_card(weights_dir: Path, name: str) -> dict:
+    path = model_path(weights_dir, name, ".json")
+    if not path.is_file():
+        raise CheckpointError(f"no card {path.name} in {Path(weights_dir).resolve()}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"card {path.name} is not valid JSON: {exc}") from exc
+
+
+def load_model_tensors(weights_dir: Path, name: str,
+                       expected_shapes: dict[str, tuple[int, ...]] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and card of ``name``, checked against each other before any tensor is read.
+
+    ``expected_shapes`` (from the model the card describes) must match the file's tensors
+    key for key; the file's digest must match the card's.
+    """
+    card = load_card(weights_dir, name)
+    path = model_path(weights_dir, name, ".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"card {name}.json has no tensors file {path.name}")
+    digest = card.get("tensors", {}).get("sha256")
+    if digest != sha256(path):
+        raise CheckpointError(f"{path.name} does not match its card {name}.json (sha256 differs): "
+                              "the pair was not written together")
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if expected_shapes is not None:
+            _check_shapes(name, shapes, expected_shapes)
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, card
+
+
+def _check_shapes(name: str, found: dict, expected: dict) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [(k, found[k], tuple(expected[k])) for k in sorted(set(found) & set(expected))
+             if tuple(found[k]) != tuple(expected[k])]
+    if missing or extra or wrong:
+        parts = []
+        if wrong:
+            k, f, e = wrong[0]
+            parts.append(f"{len(wrong)} tensor(s) with other shapes than the card's architecture "
+                         f"(e.g. {k}: file {list(f)}, card {list(e)})")
+        if missing:
+            parts.append(f"missing {missing[:3]}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}")
+        raise CheckpointError(f"checkpoint {name!r} does not match its card: " + "; ".join(parts))

@@ -1,0 +1,183 @@
+"""Command line: ``python -m vit_demo train ...`` and ``python -m vit_demo evaluate ...``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .checkpoint import default_weights_dir, save_model
+from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
+from .model import PRESETS, ViT
+from .train import Progress, TrainConfig, Trainer, evaluate
+
+ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
+    p.add_argument("--preset", default="cifar10-Ti/4", choices=sorted(PRESETS))
+    p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--val-images", type=int, default=None,
+                   help="validate on only the first N validation images (0: no validation)")
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_{train,test}.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="resume-state file: resumed when present, rewritten while training")
+    p.add_argument("--out", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--name", default=None, help="checkpoint name; omitted: no checkpoint is written")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _setup_distributed() -> torch.device:
+    """Join the torchrun group when launched by torchrun; the device this rank trains on."""
+    if "RANK" not in os.environ:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def cmd_train(args) -> dict:
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _setup_distributed()
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    model_cfg = PRESETS[args.preset]
+    cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                      lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                      seed=args.seed, checkpoint_every=args.checkpoint_every, compile=args.compile)
+    train, val = train_val_split(load_cifar10("train", args.data_dir))
+    if args.train_images:
+        train = train.subset(torch.arange(min(args.train_images, len(train))))
+    if args.val_images is not None:
+        val = val.subset(torch.arange(min(args.val_images, len(val))))
+    torch.manual_seed(cfg.seed)
+    model = ViT(model_cfg)
+    bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
+
+    def report(p: Progress) -> None:
+        bar.total = p.total_steps
+        bar.n = p.step
+        bar.set_postfix(epoch=f"{p.epoch:.2f}", loss=f"{p.loss:.3f}", acc=f"{p.accuracy:.3f}",
+                        img_s=f"{p.images_per_s:.0f}", lr=f"{p.lr:.2e}", refresh=False)
+        bar.refresh()
+        if p.val_accuracy is not None:
+            bar.write(f"step {p.step}/{p.total_steps} epoch {p.epoch:.2f}: "
+                      f"val accuracy {p.val_accuracy:.4f}")
+
+    trainer = Trainer(model, CIFAR10_DATA_CONFIG, train, cfg, val=val if len(val) else None,
+                      device=device, state_path=args.resume, callback=report)
+    already = trainer.step
+    result = trainer.run()
+    bar.close()
+    summary = {"step": result.step, "total_steps": result.total_steps, "history": result.history}
+    if rank0 and args.name and not result.cancelled and result.step == trainer.end_step:
+        test = evaluate(model, load_cifar10("test", args.data_dir), CIFAR10_DATA_CONFIG, device)
+        card = {
+            "arch": "scratch-vit", "preset": args.preset, "model_config": model_cfg.to_dict(),
+            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES),
+            "params": model.num_params(),
+            "recipe": {**asdict(cfg), "train_images": len(train), "val_images": len(val),
+                       "augment": "random crop (reflect pad 4) + horizontal flip",
+                       "optimizer": "AdamW", "schedule": "linear warm-up, cosine",
+                       "precision": "bf16 autocast" if device.type == "cuda" else "fp32"},
+            "training": {"device": str(device), "history": result.history,
+                         "wall_s_last_run": round(result.wall_s, 1),
+                         "steps_last_run": result.step - already},
+            "metrics": {"test": test},
+            "date": dt.date.today().isoformat(),
+        }
+        path = save_model(args.out or default_weights_dir(), args.name,
+                          model.state_dict(), card, overwrite=args.overwrite)
+        print(f"test accuracy {test['accuracy']:.4f}; wrote {path}")
+        summary["test"] = test
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="test-set metrics of a checkpoint in weights/, "
+                       "optionally stored in its card")
+    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.add_argument("--png", type=Path, default=None,
+                   help="confusion-matrix PNG (default: artifacts/NAME-confusion.png)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--update-card", action="store_true", help="store the metrics in NAME.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
+
+
+def cmd_evaluate(args) -> dict:
+    """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
+    from .evaluate import model_metrics, save_confusion_png, store_metrics
+    from .models import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights_dir = args.weights_dir or default_weights_dir()
+    model, _, data_cfg, card = load_checkpoint(weights_dir, args.name)
+    classes = tuple(card.get("classes", CLASSES))
+    test = load_cifar10("test", args.data_dir)
+    full = len(test)
+    if args.limit:
+        test = test.subset(torch.arange(min(args.limit, full)))
+    metrics = model_metrics(model, test, data_cfg, len(classes))
+    result = metrics["test"]
+    subset = "" if len(test) == full else f", the first {len(test)} of {full}"
+    print(f"{args.name}: test accuracy {result['accuracy']:.4f} ({len(test)} images{subset})")
+    for name, acc in zip(classes, result["per_class_accuracy"]):
+        print(f"  {name:<12} {acc:.4f}")
+    print(f"params {metrics['params']:,}; {metrics['flops_per_image'] / 1e6:.1f} MFLOPs per image; "
+          f"CPU latency {metrics['cpu_latency_ms']:.2f} ms per image "
+          f"({metrics['cpu_threads']} threads, median)")
+    png = save_confusion_png(result["confusion"], classes,
+                             args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png",
+                             title=f"{args.name}: accuracy {result['accuracy']:.2%} "
+                                   f"on {len(test)} test images")
+    print(f"wrote {png}")
+    if args.update_card:
+        store_metrics(weights_dir, card, metrics)
+        print(f"stored the metrics in {Path(weights_dir) / args.name}.json")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_demo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        cmd_train(args)
+    elif args.command == "evaluate":
+        cmd_evaluate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""CIFAR-10 as uint8 tensors, a fixed train/validation split, and batch-at-a-time augmentation.
+
+Sources, in order: ``cifar10_{train,test}.npz`` in the data directory (``--data-dir`` or
+``VIT_DEMO_DATA_DIR``; arrays ``x`` uint8 [N,32,32,3] and ``y`` int64 [N]), then torchvision's
+CIFAR-10 archive in that directory or in the download cache, downloading it when allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+DATA_DIR_ENV = "VIT_DEMO_DATA_DIR"
+# Training-set channel statistics of CIFAR-10 (a property of the data set, checked in the
+# shared data README); the scratch model's card records them as its data config.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+VAL_SIZE = 5000  # held out of the 50k training images, fixed by SPLIT_SEED
+SPLIT_SEED = 0
+
+
+class DataUnavailable(RuntimeError):
+    """CIFAR-10 could not be found locally nor downloaded; the message says how to get it."""
+
+
+def download_root() -> Path:
+    """Where torchvision's CIFAR-10 archive is cached on users' machines."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vit-demo" / "cifar10"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    value = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    return Path(value).expanduser() if value else None
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # uint8 (N, 32, 32, 3), RGB, HWC as stored
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.x[index], self.y[index])
+
+
+def load_cifar10(split: str, data_dir: str | os.PathLike | None = None,
+                 download: bool = True) -> Split:
+    """The ``"train"`` (50k) or ``"test"`` (10k) split of CIFAR-10 as uint8 tensors."""
+    assert split in ("train", "test"), split
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        npz = root / f"cifar10_{split}.npz"
+        if npz.is_file():
+            with np.load(npz, allow_pickle=False) as arrays:
+                return _checked(torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"]), npz)
+    tv_root = root if root is not None else download_root()
+    try:
+        from torchvision.datasets import CIFAR10
+        dataset = CIFAR10(str(tv_root), train=split == "train", download=download)
+    except Exception as exc:  # no archive, no network, bad checksum: all say the same to a user
+        raise DataUnavailable(
+            f"CIFAR-10 ({split}) is not available: no cifar10_{split}.npz in "
+            f"{root if root is not None else f'${DATA_DIR_ENV} (unset)'}, and torchvision's archive "
+            f"in {tv_root} could not be {'downloaded' if download else 'found'} ({exc}). Set "
+            f"{DATA_DIR_ENV} to a folder with the arrays, or run once with network access."
+        ) from exc
+    return _checked(torch.from_numpy(dataset.data), torch.tensor(dataset.targets), tv_root)
+
+
+def _checked(x: torch.Tensor, y: torch.Tensor, where) -> Split:
+    if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (32, 32, 3) or len(x) != len(y):
+        raise DataUnavailable(f"{where}: expected uint8 [N,32,32,3] images and N labels, got "
+                              f"{x.dtype} {tuple(x.shape)} and {tuple(y.shape)}")
+    return Split(x.contiguous(), y.long())
+
+
+def train_val_split(train: Split, val_size: int = VAL_SIZE, seed: int = SPLIT_SEED
+                    ) -> tuple[Split, Split]:
+    """The fixed 45k/5k split of the official training set."""
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(perm[val_size:]), train.subset(perm[:val_size])
+
+
+def class_balanced_indices(y: torch.Tensor, per_class: int) -> torch.Tensor:
+    """The first ``per_class`` indices of every class, in class order."""
+    return torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in range(len(CLASSES))])
+
+
+def crop_flip_draws(batch: int, generator: torch.Generator, pad: int = 4
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers ``random_crop_flip`` uses, drawn in its order from ``generator``.
+
+    Row offsets (B,) and column offsets (B,) in [0, 2*pad] into the padded image, then
+    horizontal-flip flags (B,) bool; all on the CPU.
+    """
+    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after reflect padding, and random horizontal flip, for a whole batch at once.
+
+    x: uint8 or float (B, H, W, C) on any device; the random numbers come from ``generator``
+    (on the CPU, see ``crop_flip_draws``) so the result depends on the generator alone, not on
+    the device.
+    """
+    B, H, W, _ = x.shape
+    padded = F.pad(x.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect")
+    padded = padded.permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+    dy, dx, flip = (t.to(x.device) for t in crop_flip_draws(B, generator, pad))
+    rows = dy[:, None] + torch.arange(H, device=x.device)  # (B, H)
+    cols = dx[:, None] + torch.arange(W, device=x.device)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return padded[b, rows[:, :, None], cols[:, None, :]].to(x.dtype)  # (B, H, W, C)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a model wants its input, in the shape of timm's data config."""
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 1.0  # resize the short side to size / crop_pct, then centre-crop
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "DataConfig":
+        """From timm's ``resolve_model_data_config`` output or a card's ``data_config``."""
+        return cls(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                   cfg.get("interpolation", "bicubic"), float(cfg.get("crop_pct", 1.0)))
+
+    def to_dict(self) -> dict:
+        return {"input_size": list(self.input_size), "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
+
+
+CIFAR10_DATA_CONFIG = DataConfig((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
+
+
+def preprocess_batch(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 (B, H, W, C) images to the model's normalised float (B, C, H', W') input.
+
+    Resizes (e.g. CIFAR's 32 px up to 224) when the model's input size differs; runs on the
+    device the batch is on.
+    """
+    x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W) in [0, 1]
+    size = tuple(cfg.input_size[1:])
+    if tuple(x.shape[-2:]) != size:
+        mode = cfg.interpolation if cfg.interpolation in ("bilinear", "bicubic") else "bilinear"
+        x = F.interpolate(x, size=size, mode=mode, align_corners=False).clamp_(0, 1)
+    mean = torch.tensor(cfg.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std

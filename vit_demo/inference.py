@@ -1,0 +1,119 @@
+"""From an uploaded file to top-k labels: decoding any image safely, preprocessing, prediction.
+
+``open_image`` accepts what people drop into a browser (greyscale, RGBA, palette, 16-bit,
+CMYK, animated, EXIF-rotated) and turns it into an RGB image; anything it cannot read well
+raises ``BadImage`` with a message for the person, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data import DataConfig
+from .models import LoadedModel
+
+MAX_FILE_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
+MAX_PIXELS = 40_000_000  # decompression-bomb limit (width * height), e.g. 8000 x 5000
+# What a browser or phone hands over (Pillow's JPEG reader also takes multi-picture JPEGs);
+# other Pillow formats (EPS runs Ghostscript, PSD, FITS, ...) are never even identified.
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+_UNREADABLE = "the file is not an image format the app can read (PNG, JPEG, GIF, WebP, BMP, TIFF)"
+
+
+class BadImage(ValueError):
+    """The file is not an image the app can use; the message says why, for the person."""
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode ``path`` into an RGB image, first frame of an animation, EXIF rotation applied.
+
+    The pixel count is checked from the header before any pixel is decoded. No global state
+    (warning filters, Pillow limits) is touched, so concurrent requests may call this.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"the upload could not be read ({exc.strerror})") from exc
+    if size == 0:
+        raise BadImage("the file is empty (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise BadImage(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+    try:
+        with Image.open(path, formats=FORMATS) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise BadImage(f"the image is {w}x{h} pixels; the limit is "
+                               f"{MAX_PIXELS / 1e6:.0f} megapixels")
+            img.seek(0)  # first frame of an animated GIF/WebP/PNG
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, above MAX_PIXELS
+        raise BadImage(f"the image has too many pixels to decode safely; the limit is "
+                       f"{MAX_PIXELS / 1e6:.0f} megapixels") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage(_UNREADABLE) from exc
+    except Exception as exc:  # any decoder failure is a property of the file, not of the app
+        reason = str(exc).replace(str(path), path.name) or type(exc).__name__
+        raise BadImage(f"the image file is damaged or truncated ({reason})") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16/32-bit and float scaled, transparency composited on white."""
+    if img.mode.startswith("I;16"):
+        a = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = a.max(initial=0.0)
+        top = 1.0 if img.mode == "F" and top <= 1.0 else 65535.0 if top > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
+    """RGB image to the model's (1, C, H, W) input: resize the short side to size / crop_pct,
+    centre-crop, normalise, as timm's eval transform does."""
+    _, H, W = cfg.input_size
+    resample = Image.BICUBIC if cfg.interpolation == "bicubic" else Image.BILINEAR
+    short = math.floor(min(H, W) / cfg.crop_pct)  # timm's scale_size
+    w, h = img.size
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)  # (W', H')
+    img = img.resize(new, resample)
+    top, left = int(round((new[1] - H) / 2.0)), int(round((new[0] - W) / 2.0))
+    img = img.crop((left, top, left + W, top + H))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (C, H, W)
+    mean = torch.tensor(cfg.mean).view(-1, 1, 1)
+    std = torch.tensor(cfg.std).view(-1, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    confidences: dict[str, float]  # top-k class -> probability, highest first
+    latency_ms: float  # preprocessing + forward pass
+
+
+def predict(loaded: LoadedModel, img: Image.Image, k: int = 5) -> Prediction:
+    start = time.perf_counter()
+    x = preprocess(img, loaded.data_cfg)
+    with torch.inference_mode():
+        probs = loaded.model(x).softmax(dim=-1)[0]
+    top = probs.topk(min(k, len(probs)))
+    confidences = {loaded.classes[i]: float(p) for p, i in zip(top.values, top.indices)}
+    return Prediction(confidences, (time.perf_counter() - start) * 1000)

@@ -1,0 +1,260 @@
+"""The trainer shared by the command line and the browser's fine-tune job.
+
+AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping; bf16 autocast
+and optional ``torch.compile`` on CUDA. All randomness of step ``s`` (batch order, crops,
+flips, dropout) derives from ``(seed, s)``, so a run resumed from its state file continues
+exactly as if it had never stopped. Under ``torchrun`` the same loop runs data-parallel
+(DDP: NCCL on GPUs, gloo on CPUs); rank 0 alone writes state and reports progress.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import load_tensors, save_tensors
+from .data import DataConfig, Split, preprocess_batch, random_crop_flip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 50  # passes over the training images (fractions allowed for short jobs)
+    max_steps: int | None = None  # stop early after this many steps; the schedule is unchanged
+    batch_size: int = 128  # global batch, split across data-parallel ranks
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-5  # learning rate at the end of the cosine
+    weight_decay: float = 0.05  # AdamW decay on weight matrices (not biases, norms, embeddings)
+    warmup_epochs: float = 2.0  # linear warm-up from 0
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    augment: bool = True  # random crop (reflect pad 4) + horizontal flip, per batch
+    seed: int = 0
+    eval_every: int = 1  # validate every this many epochs (and at the end)
+    checkpoint_every: int = 200  # steps between resume-state writes
+    compile: bool = False  # torch.compile (CUDA only; slower than eager on a small CPU)
+    freeze_backbone: bool = False  # train the classifier head only
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Progress:
+    step: int  # optimizer steps done
+    total_steps: int
+    epoch: float  # fractional epochs done
+    loss: float  # mean training loss since the last report
+    accuracy: float  # training accuracy since the last report
+    images_per_s: float
+    eta_s: float
+    lr: float
+    val_accuracy: float | None = None  # set on the steps that validated
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    cancelled: bool
+    wall_s: float
+    history: list[dict] = field(default_factory=list)  # one entry per validation
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2 ** 63)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, data_cfg: DataConfig, device: torch.device,
+             batch_size: int = 500, num_classes: int = 10) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix (rows: true, columns: predicted)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for i in range(0, len(data), batch_size):
+        x = preprocess_batch(data.x[i:i + batch_size].to(device), data_cfg)
+        with _autocast(device):
+            pred = model(x).argmax(dim=-1).cpu()
+        confusion += torch.bincount(data.y[i:i + batch_size] * num_classes + pred,
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+    model.train(was_training)
+    per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    return {"accuracy": confusion.diag().sum().item() / max(1, len(data)),
+            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "images": len(data)}
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embed" not in name and "token" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` (uint8 images) with ``cfg``; see the module docstring.
+
+    ``state_path``: a safetensors file holding model, optimizer and step, rewritten
+    atomically every ``cfg.checkpoint_every`` steps and at the end; an existing one is resumed.
+    ``callback(progress)``: called on rank 0 after every step. ``cancel``: checked before
+    every step; a set event ends the run after the current step without writing state.
+    """
+
+    def __init__(self, model: nn.Module, data_cfg: DataConfig, train: Split, cfg: TrainConfig,
+                 val: Split | None = None, device: torch.device | str = "cpu",
+                 state_path: Path | None = None,
+                 callback: Callable[[Progress], None] | None = None,
+                 cancel: threading.Event | None = None,
+                 head: str = "head"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.data_cfg = data_cfg
+        self.train, self.val, self.cfg = train, val, cfg
+        self.state_path = Path(state_path) if state_path else None
+        self.callback = callback
+        self.cancel = cancel or threading.Event()
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        assert cfg.batch_size % self.world == 0, "batch_size must be a multiple of the world size"
+        if cfg.freeze_backbone:
+            for name, p in self.model.named_parameters():
+                p.requires_grad = name.startswith(head + ".")
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay),
+                                           lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_per_epoch = len(train) // cfg.batch_size
+        assert self.steps_per_epoch > 0, "fewer training images than one batch"
+        self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
+        self.end_step = min(self.total_steps, cfg.max_steps or self.total_steps)
+        self.warmup_steps = max(1, round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.step = 0
+        self.history: list[dict] = []
+        if self.state_path and self.state_path.is_file():
+            self._load_state()
+        net = self.model
+        if self.distributed:
+            net = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile and self.device.type == "cuda":
+            net = torch.compile(net)
+        self.net = net
+
+    # -- state --------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for i, state in self.optimizer.state_dict()["state"].items():
+            for k, v in state.items():
+                tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        return tensors
+
+    def save_state(self) -> None:
+        if self.state_path is None or self.rank != 0:
+            return
+        meta = {"step": self.step, "total_steps": self.total_steps, "history": self.history,
+                "config": asdict(self.cfg)}
+        save_tensors(self.state_path, self._state_tensors(), meta)
+
+    def _load_state(self) -> None:
+        tensors, meta = load_tensors(self.state_path)
+        mine = asdict(self.cfg)
+        differ = {k: (v, mine[k]) for k, v in meta["config"].items()
+                  if k in mine and k != "max_steps" and v != mine[k]}
+        if differ:
+            raise ValueError(f"{self.state_path} was written by another training config "
+                             f"(saved, now): {differ}")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt = self.optimizer.state_dict()
+        opt["state"] = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                opt["state"].setdefault(int(i), {})[name] = v
+        self.optimizer.load_state_dict(opt)
+        self.step, self.history = meta["step"], meta["history"]
+
+    # -- data ---------------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch of ``step``."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.train),
+                               generator=torch.Generator().manual_seed(_step_seed(self.cfg.seed, -1 - epoch)))
+        idx = order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        x = self.train.x[idx].to(self.device, non_blocking=True)
+        if self.cfg.augment:
+            x = random_crop_flip(x, torch.Generator().manual_seed(_step_seed(self.cfg.seed, step)))
+        x, y = x[self.rank::self.world], self.train.y[idx][self.rank::self.world].to(self.device)
+        return preprocess_batch(x, self.data_cfg), y
+
+    # -- loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.net.train()
+        start, window_start = time.perf_counter(), time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        steps_this_run = 0
+        cancelled = False
+        while self.step < self.end_step:
+            if self.cancel.is_set():
+                cancelled = True
+                break
+            lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(_step_seed(cfg.seed, self.step) + self.rank)  # dropout, drop path
+            x, y = self._batch(self.step)
+            with _autocast(self.device):
+                logits = self.net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            steps_this_run += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(-1) == y).sum().item()
+            seen += len(y)
+            val_acc = None
+            epoch_end = self.step % self.steps_per_epoch == 0
+            at_end = self.step == self.end_step
+            if self.val is not None and (at_end or (epoch_end and (self.step // self.steps_per_epoch)
+                                                    % cfg.eval_every == 0)):
+                val_acc = evaluate(self.model, self.val, self.data_cfg, self.device)["accuracy"]
+                self.net.train()
+                self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                     "val_accuracy": val_acc, "train_loss": loss_sum / seen})
+            if self.step % cfg.checkpoint_every == 0 or at_end:
+                self.save_state()
+            if self.callback and self.rank == 0:
+                now = time.perf_counter()
+                rate = seen * self.world / max(now - window_start, 1e-9)
+                per_step = (now - start) / steps_this_run
+                self.callback(Progress(self.step, self.end_step, self.step / self.steps_per_epoch,
+                                       loss_sum / seen, correct / seen, rate,
+                                       per_step * (self.end_step - self.step), lr, val_acc))
+                window_start, loss_sum, correct, seen = now, 0.0, 0.0, 0.0
+        return TrainResult(self.step, self.end_step, cancelled, time.perf_counter() - start,
+                           list(self.history))
