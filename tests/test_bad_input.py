@@ -175,6 +175,13 @@ def text_as_png(folder: Path) -> Path:
     return path
 
 
+def postscript(folder: Path) -> Path:
+    """An EPS file, which Pillow would hand to Ghostscript: never even identified."""
+    path = folder / "drawing.png"
+    path.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n")
+    return path
+
+
 def bomb_20000(folder: Path) -> Path:
     return blank_bilevel_png(folder / "20000x20000.png", 20000, 20000)
 
@@ -188,6 +195,7 @@ BAD: dict[str, tuple[BadCase, str]] = {
     "empty": (empty, "the file is empty"),
     "truncated-jpeg": (truncated_jpeg, "the image file is damaged or truncated"),
     "text-named-png": (text_as_png, "the file is not an image format the app can read"),
+    "eps-named-png": (postscript, "the file is not an image format the app can read"),
     "20000x20000-png": (bomb_20000, "the image has too many pixels to decode safely; "
                         "the limit is 40 megapixels"),
     "8000x6000-png": (over_pixel_limit, "the image is 8000x6000 pixels; the limit is 40 megapixels"),

@@ -1,8 +1,8 @@
 """The trainer, checkpoints, resume, cancel, augmentation, DDP and the evaluate command, on real
 CIFAR-10 images and the tiny preset.
 
-Images come from ``$VIT_DEMO_DATA_DIR``, else ``../shared/data/cifar10`` beside the repository,
-else torchvision's download (so that the tests also run on a fresh machine).
+Images come from conftest's ``cifar_train`` / ``cifar_test``: ``$VIT_DEMO_DATA_DIR``, else
+``../shared/data/cifar10`` beside the repository, else torchvision's download.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from PIL import Image
 from vit_demo.checkpoint import (CheckpointError, load_card, load_model_tensors, load_tensors,
                                  rewrite_card, save_model)
 from vit_demo.cli import main
-from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, Split, crop_flip_draws,
-                           load_cifar10, preprocess_batch, random_crop_flip, train_val_split)
+from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, preprocess_batch,
+                           random_crop_flip, train_val_split)
 from vit_demo.model import PRESETS, ViT, ViTConfig
 from vit_demo.models import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
@@ -33,31 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = "cifar10-T/4"
 
 
-def data_dir() -> str | None:
-    """The CIFAR-10 arrays folder; None lets ``load_cifar10`` use torchvision's download."""
-    if os.environ.get(DATA_DIR_ENV):
-        return os.environ[DATA_DIR_ENV]
-    shared = REPO.parent / "shared" / "data" / "cifar10"
-    return str(shared) if shared.is_dir() else None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models train no faster on two threads, and a busy CPU makes two threads crawl."""
+    """Tiny models gain little from a second thread, and on a busy CPU two threads crawl
+    (the 20 overfit steps: 1.7 s on one thread, 7-13 s on two beside a training run)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def train_set() -> Split:
-    return load_cifar10("train", data_dir())
-
-
-@pytest.fixture(scope="module")
-def test_set() -> Split:
-    return load_cifar10("test", data_dir())
 
 
 def tiny_model(seed: int = 0, **changes) -> ViT:
@@ -66,7 +49,7 @@ def tiny_model(seed: int = 0, **changes) -> ViT:
 
 
 @pytest.fixture(scope="module")
-def overfit(train_set: Split) -> dict:
+def overfit(cifar_train: Split) -> dict:
     """20 steps on one fixed batch of 64 images (no augmentation): model, losses and lrs."""
     losses, lrs = [], []
 
@@ -76,7 +59,7 @@ def overfit(train_set: Split) -> dict:
 
     model = tiny_model()
     cfg = TrainConfig(epochs=20, batch_size=64, lr=3e-3, warmup_epochs=2, augment=False)
-    trainer = Trainer(model, CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(64)), cfg,
+    trainer = Trainer(model, CIFAR10_DATA_CONFIG, cifar_train.subset(torch.arange(64)), cfg,
                       callback=record)
     trainer.run()
     return {"model": model.eval(), "losses": losses, "lrs": lrs, "trainer": trainer}
@@ -126,7 +109,7 @@ def tiny_card(cfg: ViTConfig) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(overfit: dict, tmp_path_factory) -> Path:
+def overfit_weights(overfit: dict, tmp_path_factory) -> Path:
     """A weights folder holding the overfit model as checkpoint ``tiny``."""
     folder = tmp_path_factory.mktemp("weights")
     model = overfit["model"]
@@ -134,22 +117,22 @@ def tiny_weights(overfit: dict, tmp_path_factory) -> Path:
     return folder
 
 
-def test_checkpoint_round_trip_gives_identical_logits(overfit: dict, tiny_weights: Path,
-                                                      test_set: Split):
-    loaded, kind, data_cfg, card = load_checkpoint(tiny_weights, "tiny")
+def test_checkpoint_round_trip_gives_identical_logits(overfit: dict, overfit_weights: Path,
+                                                      cifar_test: Split):
+    loaded, kind, data_cfg, card = load_checkpoint(overfit_weights, "tiny")
     assert kind == "scratch" and data_cfg == CIFAR10_DATA_CONFIG
     assert card["tensors"]["count"] == len(overfit["model"].state_dict())
-    x = preprocess_batch(test_set.x[:32], CIFAR10_DATA_CONFIG)
+    x = preprocess_batch(cifar_test.x[:32], CIFAR10_DATA_CONFIG)
     with torch.inference_mode():
         expected, got = overfit["model"](x), loaded(x)
     assert torch.equal(expected, got)
     assert expected.std() > 0  # a trained head, not the all-zero initial one
 
 
-def test_resume_equals_uninterrupted_run(train_set: Split, tmp_path: Path):
+def test_resume_equals_uninterrupted_run(cifar_train: Split, tmp_path: Path):
     """6 steps in one go == 3 steps, then a fresh Trainer (another init) resuming for 3 more;
     with dropout and drop path on, so the per-step random state is covered too."""
-    train = train_set.subset(torch.arange(256))
+    train = cifar_train.subset(torch.arange(256))
     cfg = TrainConfig(epochs=1, batch_size=32, lr=2e-3, warmup_epochs=0.25, checkpoint_every=1000)
     changes = {"dropout": 0.1, "drop_path": 0.1}
     whole, split = tmp_path / "whole.safetensors", tmp_path / "split.safetensors"
@@ -175,7 +158,7 @@ def test_resume_equals_uninterrupted_run(train_set: Split, tmp_path: Path):
         assert torch.equal(value, a[f"model.{key}"]), key
 
 
-def test_cancel_stops_within_a_step_and_keeps_the_last_state(train_set: Split, tmp_path: Path):
+def test_cancel_stops_within_a_step_and_keeps_the_last_state(cifar_train: Split, tmp_path: Path):
     state = tmp_path / "state.safetensors"
     cancel = threading.Event()
     written: dict[int, bytes] = {}
@@ -187,7 +170,7 @@ def test_cancel_stops_within_a_step_and_keeps_the_last_state(train_set: Split, t
             cancel.set()
 
     cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, checkpoint_every=2)
-    result = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(256)), cfg,
+    result = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, cifar_train.subset(torch.arange(256)), cfg,
                      state_path=state, callback=callback, cancel=cancel).run()
     assert result.cancelled and result.step == 3 and result.total_steps == 8
     assert state.read_bytes() == written[2]
@@ -207,8 +190,8 @@ def reference_crop_flip(images: np.ndarray, dy: np.ndarray, dx: np.ndarray, flip
 
 
 @pytest.mark.parametrize("pad", [4, 2])
-def test_random_crop_flip_matches_a_per_image_reference(train_set: Split, pad: int):
-    x = train_set.x[:200]
+def test_random_crop_flip_matches_a_per_image_reference(cifar_train: Split, pad: int):
+    x = cifar_train.x[:200]
     dy, dx, flip = crop_flip_draws(len(x), torch.Generator().manual_seed(7), pad)
     assert set(dy.tolist()) == set(range(2 * pad + 1)) == set(dx.tolist())
     assert 0 < int(flip.sum()) < len(x)
@@ -218,9 +201,9 @@ def test_random_crop_flip_matches_a_per_image_reference(train_set: Split, pad: i
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
-def test_trainer_splits_the_global_batch_by_rank(train_set: Split):
+def test_trainer_splits_the_global_batch_by_rank(cifar_train: Split):
     cfg = TrainConfig(epochs=1, batch_size=32)
-    trainer = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, train_set.subset(torch.arange(128)), cfg)
+    trainer = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, cifar_train.subset(torch.arange(128)), cfg)
     x, y = trainer._batch(5)
     shares = []
     for rank in range(2):
@@ -231,18 +214,18 @@ def test_trainer_splits_the_global_batch_by_rank(train_set: Split):
     assert torch.equal(torch.stack([shares[0][1], shares[1][1]], 1).flatten(0, 1), y)
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(train_set: Split, tmp_path: Path):
+def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_dir: str | None,
+                                                       tmp_path: Path):
     """torchrun, 2 gloo ranks of 16 images each == one process on the same 32-image batches.
 
     Adam magnifies float noise in near-zero gradients (e.g. of the key bias, which cannot
     change the attention): the runs differ by ~2e-6 at lr 1e-3 but ~7e-6 at 3e-3, hence 1e-3."""
     state = tmp_path / "ddp.safetensors"
-    folder = data_dir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "vit_demo", "train", "--preset", TINY, "--train-images", "96", "--val-images", "0",
            "--batch-size", "32", "--epochs", "2", "--max-steps", "4", "--warmup-epochs", "1",
            "--lr", "1e-3", "--threads", "1", "--resume", str(state),
-           *(["--data-dir", folder] if folder else [])]
+           *(["--data-dir", data_dir] if data_dir else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
@@ -253,7 +236,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(train_set: Split, tmp_path
     assert (cfg.batch_size, cfg.max_steps, cfg.augment) == (32, 4, True)
     model = tiny_model(seed=cfg.seed)  # as the command builds it
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    train = train_val_split(train_set)[0].subset(torch.arange(96))
+    train = train_val_split(cifar_train)[0].subset(torch.arange(96))
     Trainer(model, CIFAR10_DATA_CONFIG, train, cfg).run()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(tensors[f"model.{key}"], value, rtol=0, atol=1e-5, msg=key)
@@ -276,30 +259,29 @@ def flops_formula(cfg: ViTConfig) -> int:
     return patch_embed + cfg.depth * block + 2 * d * cfg.num_classes
 
 
-def test_evaluate_command(overfit: dict, tiny_weights: Path, test_set: Split, tmp_path: Path,
-                          capsys):
+def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Split,
+                          data_dir: str | None, tmp_path: Path, capsys):
     png = tmp_path / "confusion.png"
-    folder = data_dir()
-    before = load_card(tiny_weights, "tiny")
-    assert main(["evaluate", "--name", "tiny", "--weights-dir", str(tiny_weights), "--limit", "300",
-                 "--png", str(png), "--update-card",
-                 *(["--data-dir", folder] if folder else [])]) == 0
+    before = load_card(overfit_weights, "tiny")
+    assert main(["evaluate", "--name", "tiny", "--weights-dir", str(overfit_weights),
+                 "--limit", "300", "--png", str(png), "--update-card",
+                 *(["--data-dir", data_dir] if data_dir else [])]) == 0
     assert "test accuracy" in capsys.readouterr().out
 
-    card = load_card(tiny_weights, "tiny")
+    card = load_card(overfit_weights, "tiny")
     assert card["tensors"] == before["tensors"]
-    load_model_tensors(tiny_weights, "tiny")  # the card still vouches for its tensors file
+    load_model_tensors(overfit_weights, "tiny")  # the card still vouches for its tensors file
     metrics = card["metrics"]
     test = metrics["test"]
     confusion = np.array(test["confusion"])
-    labels = test_set.y[:300].numpy()
+    labels = cifar_test.y[:300].numpy()
     assert test["images"] == 300
     np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(labels, minlength=10))
     assert test["accuracy"] == pytest.approx(np.trace(confusion) / 300)
     np.testing.assert_allclose(test["per_class_accuracy"],
                                np.diag(confusion) / confusion.sum(axis=1))
     with torch.inference_mode():
-        pred = overfit["model"](preprocess_batch(test_set.x[:300], CIFAR10_DATA_CONFIG)).argmax(-1)
+        pred = overfit["model"](preprocess_batch(cifar_test.x[:300], CIFAR10_DATA_CONFIG)).argmax(-1)
     expected = np.zeros((10, 10), dtype=np.int64)
     np.add.at(expected, (labels, pred.numpy()), 1)
     np.testing.assert_array_equal(confusion, expected)
@@ -316,9 +298,9 @@ def test_evaluate_command(overfit: dict, tiny_weights: Path, test_set: Split, tm
         assert image.format == "PNG" and min(image.size) > 100
 
 
-def test_rewrite_card_refuses_another_tensors_entry(tiny_weights: Path):
-    card = load_card(tiny_weights, "tiny")
+def test_rewrite_card_refuses_another_tensors_entry(overfit_weights: Path):
+    card = load_card(overfit_weights, "tiny")
     forged = {**card, "tensors": {**card["tensors"], "sha256": "0" * 64}}
     with pytest.raises(CheckpointError):
-        rewrite_card(tiny_weights, "tiny", forged)
-    assert load_card(tiny_weights, "tiny") == card
+        rewrite_card(overfit_weights, "tiny", forged)
+    assert load_card(overfit_weights, "tiny") == card

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 WEIGHTS_DIR_ENV = "VIT_DEMO_WEIGHTS_DIR"
@@ -49,6 +49,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,12 +63,20 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=meta))
 
 
+def _not_safetensors(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{Path(path).name} is not a valid safetensors file ({exc}); weights are "
+                           "read only as safetensors, never unpickled")
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        for key in f.keys():
-            tensors[key] = f.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except SafetensorError as exc:
+        raise _not_safetensors(path, exc) from exc
     return tensors, (json.loads(meta["json"]) if "json" in meta else None)
 
 
@@ -145,11 +154,14 @@ def load_model_tensors(weights_dir: Path, name: str,
     if digest != sha256(path):
         raise CheckpointError(f"{path.name} does not match its card {name}.json (sha256 differs): "
                               "the pair was not written together")
-    with safe_open(str(path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        if expected_shapes is not None:
-            _check_shapes(name, shapes, expected_shapes)
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            if expected_shapes is not None:
+                _check_shapes(name, shapes, expected_shapes)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as exc:
+        raise _not_safetensors(path, exc) from exc
     return tensors, card
 
 

@@ -13,7 +13,9 @@ import torch
 
 from .checkpoint import default_weights_dir, save_model
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
+from .evaluate import model_metrics, save_confusion_png, store_metrics
 from .model import PRESETS, ViT
+from .models import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
@@ -134,9 +136,6 @@ def _evaluate_parser(sub) -> None:
 
 def cmd_evaluate(args) -> dict:
     """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
-    from .evaluate import model_metrics, save_confusion_png, store_metrics
-    from .models import load_checkpoint
-
     if args.threads:
         torch.set_num_threads(args.threads)
     weights_dir = args.weights_dir or default_weights_dir()
@@ -154,7 +153,7 @@ def cmd_evaluate(args) -> dict:
         print(f"  {name:<12} {acc:.4f}")
     print(f"params {metrics['params']:,}; {metrics['flops_per_image'] / 1e6:.1f} MFLOPs per image; "
           f"CPU latency {metrics['cpu_latency_ms']:.2f} ms per image "
-          f"({metrics['cpu_threads']} threads, median)")
+          f"(median, {metrics['cpu_threads']} torch threads)")
     png = save_confusion_png(result["confusion"], classes,
                              args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png",
                              title=f"{args.name}: accuracy {result['accuracy']:.2%} "

@@ -81,7 +81,8 @@ def model_metrics(model: nn.Module, test: Split, data_cfg: DataConfig, num_class
 
 
 def store_metrics(weights_dir: Path, card: dict, metrics: dict) -> dict:
-    """Merge ``metrics`` into ``card["metrics"]`` and rewrite the card atomically.
+    """Merge ``metrics`` into ``card["metrics"]`` and rewrite the card (of checkpoint
+    ``card["name"]``) atomically.
 
     ``card`` is the card the evaluated model was loaded with: the rewrite fails if the
     checkpoint on disk has been replaced since, so metrics never land on other tensors.

@@ -71,6 +71,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one entry per validation
 
 
+# Settings that change when or how a run reports, not what it computes: a run may resume
+# with other values of these.
+_NOT_IN_THE_MATHS = {"max_steps", "checkpoint_every", "eval_every", "compile"}
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
@@ -180,7 +185,7 @@ class Trainer:
         tensors, meta = load_tensors(self.state_path)
         mine = asdict(self.cfg)
         differ = {k: (v, mine[k]) for k, v in meta["config"].items()
-                  if k in mine and k != "max_steps" and v != mine[k]}
+                  if k in mine and k not in _NOT_IN_THE_MATHS and v != mine[k]}
         if differ:
             raise ValueError(f"{self.state_path} was written by another training config "
                              f"(saved, now): {differ}")
@@ -212,7 +217,8 @@ class Trainer:
         cfg = self.cfg
         self.net.train()
         start, window_start = time.perf_counter(), time.perf_counter()
-        loss_sum = correct = seen = 0.0
+        loss_sum = correct = seen = 0.0  # since the last progress report
+        period_loss = period_seen = 0.0  # since the last validation
         steps_this_run = 0
         cancelled = False
         while self.step < self.end_step:
@@ -234,9 +240,12 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             steps_this_run += 1
-            loss_sum += loss.item() * len(y)
+            batch_loss = loss.item() * len(y)
+            loss_sum += batch_loss
             correct += (logits.argmax(-1) == y).sum().item()
             seen += len(y)
+            period_loss += batch_loss
+            period_seen += len(y)
             val_acc = None
             epoch_end = self.step % self.steps_per_epoch == 0
             at_end = self.step == self.end_step
@@ -245,7 +254,9 @@ class Trainer:
                 val_acc = evaluate(self.model, self.val, self.data_cfg, self.device)["accuracy"]
                 self.net.train()
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                     "val_accuracy": val_acc, "train_loss": loss_sum / seen})
+                                     "val_accuracy": val_acc,
+                                     "train_loss": period_loss / period_seen})
+                period_loss = period_seen = 0.0
             if self.step % cfg.checkpoint_every == 0 or at_end:
                 self.save_state()
             if self.callback and self.rank == 0:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..checkpoint import default_weights_dir
 from ..examples import build_gallery
 from ..models import SCRATCH, VITB16, Registry
-from . import classify
+from . import attention, classify, compare, finetune
 from .common import AppContext, status_markdown
 
 QUEUE_MAX_SIZE = 64  # requests waiting beyond this are refused at once ("queue full")
@@ -33,6 +34,13 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         status = gr.Markdown(status_markdown(ctx.registry))
         with gr.Tab("Classify"):
             classify.build_tab(ctx)
+        with gr.Tab("Attention"):
+            attention.build_tab(ctx)
+        with gr.Tab("Compare"):
+            compare_outputs = compare.build_tab(ctx)
+        with gr.Tab("Fine-tune"):
+            finetune.build_tab(ctx)
+        demo.load(lambda: compare.compare(ctx), outputs=compare_outputs, api_visibility="private")
         timer = gr.Timer(3.0)
         timer.tick(lambda: status_markdown(ctx.registry), outputs=[status], api_visibility="private",
                    queue=False)
@@ -40,5 +48,8 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs() -> dict:
-    return {"max_file_size": MAX_FILE_SIZE}
+def launch_kwargs(weights_dir: Path | None = None) -> dict:
+    """``launch()`` settings; Gradio may serve files from the weights folder (the fine-tune
+    tab's checkpoint downloads) and from nowhere else beyond its defaults."""
+    weights = Path(weights_dir) if weights_dir else default_weights_dir()
+    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(weights.resolve())]}

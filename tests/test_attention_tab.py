@@ -1,0 +1,314 @@
+"""The attention tab: overlay functions on synthetic maps, and /rollout through launched apps on
+real CIFAR-10 test images, checked against ``explain`` called directly on the same model with
+independently written preprocessing."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import free_port, save_tiny_scratch
+from vit_demo.attention import explain
+from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
+from vit_demo.inference import preprocess
+from vit_demo.overlay import (COLORMAPS, check_colormap, display_scale, grid_lines, model_view,
+                              normalize, overlay, upsample, value_grid)
+
+DEFAULTS = {"choice": "both", "method": "rollout", "head_fusion": "mean", "discard_ratio": 0.0,
+            "start_layer": 0, "target_class": "predicted", "layer": -1, "head": None,
+            "colormap": "jet", "opacity": 0.5, "grid": True}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Keep CPU use modest (the launched apps run in this process too)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Overlay functions
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("grid, image_hw", [((8, 8), (32, 32)), ((3, 5), (48, 80)),
+                                            ((14, 14), (224, 224)), ((4, 7), (60, 100))])
+def test_hot_patch_is_hottest_inside_its_region(grid, image_hw, interpolation):
+    rows, cols = grid
+    rng = np.random.default_rng(0)
+    image = np.zeros((*image_hw, 3), dtype=np.uint8)
+    for r, c in [(0, 0), (rows - 1, cols - 1), (rows // 2, cols // 3), (1, cols - 2)]:
+        heatmap = rng.uniform(0.0, 0.2, grid)
+        heatmap[r, c] = 1.0
+        # gray at full opacity: brightness is the upsampled map itself
+        out = overlay(image, heatmap, "gray", opacity=1.0, interpolation=interpolation)
+        height, width = out.shape[:2]
+        scale = display_scale(image_hw)
+        assert (height, width) == (image_hw[0] * scale, image_hw[1] * scale)
+        assert min(height, width) >= 224
+        patch_h, patch_w = height / rows, width / cols
+        for values in (out[..., 0].astype(float), upsample(heatmap, (height, width), interpolation)):
+            ys, xs = np.nonzero(values == values.max())
+            assert len(ys) > 0
+            assert (ys >= r * patch_h).all() and (ys < (r + 1) * patch_h).all(), (r, c)
+            assert (xs >= c * patch_w).all() and (xs < (c + 1) * patch_w).all(), (r, c)
+
+
+def test_opacity_zero_returns_the_image_unchanged():
+    rng = np.random.default_rng(1)
+    heatmap = rng.uniform(size=(8, 8))
+    big = rng.integers(0, 256, (224, 300, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(overlay(big, heatmap, "viridis", opacity=0.0), big)
+    np.testing.assert_array_equal(overlay(Image.fromarray(big), heatmap, opacity=0.0), big)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    enlarged = small.repeat(7, axis=0).repeat(7, axis=1)  # 32 px shown at 224 px, pixel blocks
+    np.testing.assert_array_equal(overlay(small, heatmap, opacity=0.0), enlarged)
+
+
+def test_opacity_one_is_the_colormap_alone():
+    heatmap = np.arange(6.0).reshape(2, 3)
+    out = overlay(np.full((224, 336, 3), 77, np.uint8), heatmap, "viridis", opacity=1.0)
+    expected = matplotlib.colormaps["viridis"](upsample(heatmap, (224, 336)))[..., :3] * 255
+    np.testing.assert_allclose(out, expected, atol=0.5 + 1e-9)
+
+
+def test_unknown_colormap_and_bad_arguments_are_refused():
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        overlay(image, np.ones((8, 8)), "nope")
+    with pytest.raises(ValueError, match="unknown colormap"):
+        check_colormap("Jet")
+    with pytest.raises(ValueError, match="opacity"):
+        overlay(image, np.ones((8, 8)), opacity=1.5)
+    with pytest.raises(ValueError, match="rows, cols"):
+        overlay(image, np.ones(64))
+    with pytest.raises(ValueError, match="NaN"):
+        overlay(image, np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="interpolation"):
+        upsample(np.ones((2, 2)), (4, 4), "nearest-ish")
+    for name in COLORMAPS:
+        check_colormap(name)
+        assert name in matplotlib.colormaps
+
+
+def test_grid_lines_lie_on_the_real_patch_borders():
+    image = np.zeros((32, 32, 3), np.uint8)
+    heatmap = np.zeros((8, 8))  # constant map: one colour everywhere
+    plain = overlay(image, heatmap, "gray", opacity=0.0)
+    lined = overlay(image, heatmap, "gray", opacity=0.0, grid=True)
+    changed_rows = np.nonzero((lined != plain).any(axis=(1, 2)))[0]
+    assert grid_lines(8, 8, (224, 224)) == ([28 * i for i in range(1, 8)],) * 2
+    fully_changed = [y for y in changed_rows if (lined[y] != plain[y]).all()]
+    assert fully_changed == [28 * i for i in range(1, 8)]
+    assert grid_lines(3, 5, (240, 400)) == ([80, 160], [80, 160, 240, 320])
+
+
+def test_model_view_is_the_model_input_as_an_image(cifar_test):
+    pixels = cifar_test.x[7].numpy()
+    x = preprocess(Image.fromarray(pixels), CIFAR10_DATA_CONFIG)[0].numpy()
+    np.testing.assert_array_equal(model_view(x, CIFAR10_DATA_CONFIG.mean, CIFAR10_DATA_CONFIG.std),
+                                  pixels)
+
+
+def test_normalize_and_value_grid():
+    assert normalize([[2.0, 4.0], [3.0, 6.0]]).tolist() == [[0.0, 0.5], [0.25, 1.0]]
+    assert normalize(np.full((2, 3), 0.7)).tolist() == [[0.0] * 3] * 2
+    grid = value_grid(np.array([[0.0123456, 1.0], [2.5e-5, 123456.0], [0.5, 0.25]]))
+    assert grid == [[0.01235, 1.0], [2.5e-05, 123500.0], [0.5, 0.25]]
+
+
+# ----------------------------------------------------------------------------------------------
+# /rollout through the launched app (tiny scratch model, ViT-B/16 offline)
+
+
+def _save_png(tmp_path, pixels: np.ndarray, name: str = "img.png") -> str:
+    path = tmp_path / name
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _cifar_input(pixels: np.ndarray) -> torch.Tensor:
+    """CIFAR-10 pixels (32, 32, 3) as the scratch model's (1, 3, 32, 32) input, written out."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(CIFAR10_DATA_CONFIG.mean).view(3, 1, 1)
+    std = torch.tensor(CIFAR10_DATA_CONFIG.std).view(3, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def _rollout(client: Client, path: str, **settings):
+    args = {**DEFAULTS, **settings}
+    return client.predict(handle_file(path), *args.values(), api_name="/rollout")
+
+
+def _explain_kwargs(settings: dict) -> dict:
+    args = {**DEFAULTS, **settings}
+    target = None if args["target_class"] == "predicted" else CLASSES.index(args["target_class"])
+    return {"method": args["method"], "head_fusion": args["head_fusion"],
+            "discard_ratio": args["discard_ratio"], "start_layer": args["start_layer"],
+            "target_class": target, "layer": args["layer"], "head": args["head"]}
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"head_fusion": "max", "discard_ratio": 0.9, "start_layer": 1, "colormap": "inferno"},
+    {"method": "grad", "target_class": "cat", "grid": False},
+    {"method": "grad", "start_layer": 1, "opacity": 0.8},
+    {"method": "raw", "layer": -1, "head": 1},
+    {"method": "raw", "layer": 0, "head_fusion": "min", "colormap": "gray"},
+])
+def test_rollout_api_scratch_equals_explain_and_vitb16_is_unavailable(settings, client, app,
+                                                                      cifar_test, tmp_path):
+    _, ctx = app
+    pixels = cifar_test.x[11].numpy()
+    left, right, left_label, right_label, values, notes = _rollout(
+        client, _save_png(tmp_path, pixels), **settings)
+
+    model = ctx.registry.get("scratch").model
+    expected = explain(model, "scratch", _cifar_input(pixels), **_explain_kwargs(settings))
+    heatmap = expected["map"][0].numpy()  # (8, 8)
+    got = values["scratch"]
+    assert got["available"] and got["grid_size"] == [8, 8]
+    assert got["method"] == {**DEFAULTS, **settings}["method"]
+    assert np.asarray(got["values"]).shape == (8, 8)
+    np.testing.assert_allclose(got["values"], heatmap, rtol=1e-3, atol=1e-12)
+    predicted = CLASSES[int(expected["logits"][0].argmax())]
+    assert got["prediction"]["class"] == predicted == left_label["label"]
+    if got["method"] == "grad":
+        assert got["target_class"] == (settings.get("target_class") or predicted)
+    else:
+        assert got["target_class"] is None
+
+    shown = np.asarray(Image.open(left).convert("RGB"))
+    args = {**DEFAULTS, **settings}
+    drawn = overlay(pixels, heatmap, args["colormap"], args["opacity"], args["grid"])
+    assert shown.shape == drawn.shape == (224, 224, 3)
+    np.testing.assert_allclose(shown, drawn, atol=1)
+
+    assert right is None and not right_label
+    assert values["vit-b16"]["available"] is False
+    assert "unavailable" in values["vit-b16"]["reason"]
+    assert "ViT-B/16" in notes and "unavailable" in notes and "8x8 patches" in notes
+
+
+def test_rollout_api_at_opacity_zero_shows_the_pixels_the_model_saw(client, cifar_test, tmp_path):
+    pixels = cifar_test.x[12].numpy()
+    left, *_ = _rollout(client, _save_png(tmp_path, pixels), choice="scratch", opacity=0.0,
+                        grid=False)
+    shown = np.asarray(Image.open(left).convert("RGB"))
+    np.testing.assert_array_equal(shown, pixels.repeat(7, axis=0).repeat(7, axis=1))
+
+
+def test_rollout_api_vitb16_alone_offline_is_a_clear_error(client, cifar_test, tmp_path):
+    with pytest.raises(AppError, match="unavailable.*Hugging Face hub"):
+        _rollout(client, _save_png(tmp_path, cifar_test.x[13].numpy()), choice="vit-b16")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"start_layer": 5}, r"Start layer 5 is outside Scratch ViT \(CIFAR-10\)'s 2 layers: use 0 to 1"),
+    ({"method": "grad", "start_layer": -1}, "Start layer -1 is outside"),
+    ({"method": "raw", "layer": 2}, "Layer 2 is outside .* 2 layers"),
+    ({"method": "raw", "head": 2}, "Head 2 is outside .* 2 heads: use 0 to 1"),
+    # Gradio itself refuses values outside a Dropdown's or Radio's choices
+    ({"colormap": "rainbow-ish"}, "rainbow-ish is not in the list of choices"),
+    ({"method": "magic"}, "'magic' .* is not in the list of choices"),
+    ({"choice": "../../etc/passwd"}, "Unknown model"),
+])
+def test_rollout_api_refuses_bad_settings_with_a_reason(settings, message, client, cifar_test,
+                                                        tmp_path):
+    with pytest.raises(AppError, match=message):
+        _rollout(client, _save_png(tmp_path, cifar_test.x[14].numpy()), **settings)
+
+
+def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
+    import gradio as gr
+
+    from vit_demo.ui.attention import rollout
+
+    _, ctx = app
+    path = _save_png(tmp_path, cifar_test.x[15].numpy())
+    for settings, message in [({"discard_ratio": 1.0}, "Discard ratio must be between 0 and 0.99"),
+                              ({"opacity": -0.1}, "Opacity must be between 0 and 1"),
+                              ({"start_layer": 0.5}, "Start layer must be a whole number"),
+                              ({"head": float("nan")}, "Head must be a whole number"),
+                              ({"colormap": "rainbow-ish"}, "Unknown colormap 'rainbow-ish'"),
+                              ({"method": "magic"}, "Unknown method 'magic'"),
+                              ({"head_fusion": "median"}, "Unknown head fusion 'median'"),
+                              ({"target_class": "unicorn"}, "Unknown target class 'unicorn'")]:
+        with pytest.raises(gr.Error, match=message):
+            rollout(ctx, path, *{**DEFAULTS, **settings}.values())
+    with pytest.raises(gr.Error, match="Add an image first"):
+        rollout(ctx, None, *DEFAULTS.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# ViT-B/16 for real: a random-weight checkpoint in weights/ instead of the hub
+
+
+@pytest.fixture(scope="module")
+def vitb16_app(tmp_path_factory, data_dir):
+    """An app whose ViT-B/16 is a random-weight vit_base_patch16_224 saved as the local
+    ``vit-b16-cifar10`` checkpoint, beside the tiny scratch model. Yields (url, context)."""
+    import timm
+
+    from vit_demo.checkpoint import save_model
+    from vit_demo.models import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
+    from vit_demo.ui import build_demo, create_context, launch_kwargs
+
+    folder = tmp_path_factory.mktemp("weights-vitb16")
+    save_tiny_scratch(folder, SCRATCH_CHECKPOINT)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=len(CLASSES))
+    card = {"arch": "timm", "timm_name": "vit_base_patch16_224", "classes": list(CLASSES),
+            "data_config": dict(timm.data.resolve_model_data_config(model))}
+    save_model(folder, VITB16_CHECKPOINT, model.state_dict(), card)
+    del model
+    ctx = create_context(folder, data_dir, allow_hub=False)
+    ctx.registry.get(VITB16)  # waits for the background load
+    demo = build_demo(ctx)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                quiet=True, **launch_kwargs(folder))
+    yield f"http://127.0.0.1:{port}/", ctx
+    demo.close()
+
+
+def test_rollout_api_both_models_side_by_side(vitb16_app, cifar_test, tmp_path):
+    import timm
+
+    url, ctx = vitb16_app
+    loaded = ctx.registry.get("vit-b16")
+    assert loaded.source == "weights/vit-b16-cifar10.safetensors"
+    pixels = cifar_test.x[16].numpy()
+    path = _save_png(tmp_path, pixels)
+    client = Client(url, verbose=False)
+    try:
+        left, right, left_label, right_label, values, notes = _rollout(client, path)
+        with pytest.raises(AppError, match="Start layer 8 is outside Scratch ViT.*2 layers"):
+            _rollout(client, path, start_layer=8)  # fine for ViT-B/16's 12 layers, not scratch's 2
+        with pytest.raises(AppError, match="Head 11 is outside Scratch ViT.*2 heads"):
+            _rollout(client, path, method="raw", head=11)
+    finally:
+        client.close()
+
+    transform = timm.data.create_transform(**loaded.data_cfg.to_dict())  # timm's eval transform
+    x = transform(Image.fromarray(pixels)).unsqueeze(0)  # (1, 3, 224, 224)
+    expected = explain(loaded.model, "timm", x)
+    got = values["vit-b16"]
+    assert got["available"] and got["grid_size"] == [14, 14]
+    np.testing.assert_allclose(got["values"], expected["map"][0].numpy(), rtol=1e-3, atol=1e-12)
+    assert got["prediction"]["class"] == CLASSES[int(expected["logits"][0].argmax())]
+    assert right_label["label"] == got["prediction"]["class"]
+    assert np.asarray(Image.open(right).convert("RGB")).shape == (224, 224, 3)
+
+    scratch = explain(ctx.registry.get("scratch").model, "scratch", _cifar_input(pixels))
+    np.testing.assert_allclose(values["scratch"]["values"], scratch["map"][0].numpy(), rtol=1e-3)
+    assert left_label["label"] == values["scratch"]["prediction"]["class"]
+    assert np.asarray(Image.open(left).convert("RGB")).shape == (224, 224, 3)
+    assert "14x14 patches, 12 layers of 12 heads" in notes and "8x8 patches, 2 layers of 2 heads" in notes
