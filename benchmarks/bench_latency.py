@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -66,7 +65,7 @@ def classify_end_to_end(runs: int) -> dict:
     from vit_demo.checkpoint import default_weights_dir, save_model
     from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
     from vit_demo.models import SCRATCH_CHECKPOINT
-    from vit_demo.ui import build_demo, create_context, launch_kwargs
+    from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = default_weights_dir()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
@@ -78,12 +77,8 @@ def classify_end_to_end(runs: int) -> dict:
                     "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)})
     image = tmp / "image.png"
     Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     demo = build_demo(create_context(weights, allow_hub=False))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                            quiet=True, **launch_kwargs())
+    url = serve_locally(demo)
     client = Client(url, verbose=False)
     times = []
     try:

@@ -5,7 +5,6 @@ imports huggingface_hub, and CIFAR-10 comes from VIT_DEMO_DATA_DIR (CI points it
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -67,24 +66,25 @@ def tiny_weights(tmp_path_factory) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny models gain little from a second, and on a busy CPU two threads
+    crawl. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def app(tiny_weights, data_dir):
     """The app launched on a free loopback port with the tiny scratch model and the real
     (offline, hence failing) hub path for ViT-B/16. Yields (url, context)."""
-    from vit_demo.ui import build_demo, create_context, launch_kwargs
+    from vit_demo.ui import build_demo, create_context, serve_locally
 
     ctx = create_context(tiny_weights, data_dir, allow_hub=True)
     demo = build_demo(ctx)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                quiet=True, **launch_kwargs())
-    yield f"http://127.0.0.1:{port}/", ctx
+    yield serve_locally(demo), ctx
     demo.close()
 
 

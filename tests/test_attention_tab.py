@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import free_port, save_tiny_scratch
+from conftest import save_tiny_scratch
 from vit_demo.attention import explain
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
 from vit_demo.inference import preprocess
@@ -24,13 +24,7 @@ DEFAULTS = {"choice": "both", "method": "rollout", "head_fusion": "mean", "disca
             "colormap": "jet", "opacity": 0.5, "grid": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Keep CPU use modest (the launched apps run in this process too)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +253,7 @@ def vitb16_app(tmp_path_factory, data_dir):
 
     from vit_demo.checkpoint import save_model
     from vit_demo.models import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
-    from vit_demo.ui import build_demo, create_context, launch_kwargs
+    from vit_demo.ui import build_demo, create_context, serve_locally
 
     folder = tmp_path_factory.mktemp("weights-vitb16")
     save_tiny_scratch(folder, SCRATCH_CHECKPOINT)
@@ -272,10 +266,7 @@ def vitb16_app(tmp_path_factory, data_dir):
     ctx = create_context(folder, data_dir, allow_hub=False)
     ctx.registry.get(VITB16)  # waits for the background load
     demo = build_demo(ctx)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                quiet=True, **launch_kwargs(folder))
-    yield f"http://127.0.0.1:{port}/", ctx
+    yield serve_locally(demo), ctx
     demo.close()
 
 

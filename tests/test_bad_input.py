@@ -23,7 +23,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from vit_demo.inference import MAX_FILE_BYTES, BadImage, open_image, predict
+from vit_demo.inference import MAX_FILE_BYTES, BadImage, open_image, predict, to_rgb
 
 EXIF_ORIENTATION = 0x0112
 
@@ -187,7 +187,7 @@ def bomb_20000(folder: Path) -> Path:
 
 
 def over_pixel_limit(folder: Path) -> Path:
-    """48 megapixels: under Pillow's own bomb limit, over the app's 40."""
+    """48 megapixels: under Pillow's own bomb limit, over the app's 25."""
     return blank_bilevel_png(folder / "8000x6000.png", 8000, 6000)
 
 
@@ -197,8 +197,8 @@ BAD: dict[str, tuple[BadCase, str]] = {
     "text-named-png": (text_as_png, "the file is not an image format the app can read"),
     "eps-named-png": (postscript, "the file is not an image format the app can read"),
     "20000x20000-png": (bomb_20000, "the image has too many pixels to decode safely; "
-                        "the limit is 40 megapixels"),
-    "8000x6000-png": (over_pixel_limit, "the image is 8000x6000 pixels; the limit is 40 megapixels"),
+                        "the limit is 25 megapixels"),
+    "8000x6000-png": (over_pixel_limit, "the image is 8000x6000 pixels; the limit is 25 megapixels"),
 }
 
 
@@ -249,6 +249,17 @@ def test_16bit_png_answers_as_8bit_original(client, cifar_image, tmp_path):
                for p in (original, wide)]
     assert answers[0]["label"] == answers[1]["label"]
     assert_same_prediction(api_confidences(answers[1]), api_confidences(answers[0]))
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.array([[0, 95 * 257, 65535]], np.uint16), [0, 95, 255]),  # I;16: 16-bit PNG / TIFF
+    (np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # F in [0, 1]: float TIFF
+    (np.array([[0, 128, 255]], np.int32), [0, 128, 255]),  # I holding 8-bit values
+    (np.array([[0, 32768, 65535]], np.int32), [0, 128, 255]),  # I holding 16-bit values
+])
+def test_to_rgb_scales_wide_greyscale_modes(array, expected):
+    rgb = np.asarray(to_rgb(Image.fromarray(array)))
+    np.testing.assert_array_equal(rgb, np.repeat(np.array(expected, np.uint8)[None, :, None], 3, 2))
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -1,34 +1,45 @@
 """End to end in a real browser: Playwright drives Debian's chromium against the launched app.
 
-The classify tab gets a CIFAR-10 test image through its file input, and the top label the page
-shows must be the one the model gives when called directly. Screenshots of every step land in
-``artifacts/browser/`` (gitignored; CI can keep them). Chromium: ``$VIT_DEMO_CHROMIUM``, else
-``chromium`` on the PATH (``scripts/test.sh`` installs Debian's package when it is missing).
+- Classify: a CIFAR-10 test image goes in through the file input; the top label the page shows
+  must be the one the model gives when called directly. A text file gets a readable message.
+- Attention: the overlay the page shows is the one ``/rollout`` makes for the same image and
+  the tab's default settings, and its prediction is the model's.
+- Fine-tune: a job started from the form runs and stops on Stop, writing no checkpoint. It runs
+  in an app of its own (own weights and resume-state folders), so the shared app stays as it was.
 
-To cover another tab, add a test that takes ``page``, calls ``open_tab(page, "Tab name")`` and
-finds components with ``block(page, "component label")``.
+Screenshots of every step land in ``artifacts/browser/`` (gitignored; CI can keep them).
+Chromium: ``$VIT_DEMO_CHROMIUM``, else ``chromium`` on the PATH (``scripts/test.sh`` installs
+Debian's package when it is missing).
+
+To cover another tab: ``panel = open_tab(page, "Tab name")``, then find components in it with
+``block(panel, "component label")`` and form fields with ``panel.get_by_label(...)``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gradio_client import Client, handle_file
 from PIL import Image
 
+from conftest import save_tiny_scratch
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
+from vit_demo.models import SCRATCH_CHECKPOINT
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # generous: CI machines may be busy training
-LEFT_LABEL = "Scratch ViT / chosen model"  # the classify tab's left gr.Label
+LEFT_LABEL = "Scratch ViT / chosen model"  # left output of the classify and attention tabs
 
 
 def chromium_path() -> str:
@@ -49,17 +60,43 @@ def browser() -> Iterator:
         chromium.close()
 
 
-@pytest.fixture()
-def page(browser, app, request) -> Iterator:
-    """A fresh page on the app, loaded; its final state is saved as ``<test name>.png``."""
+def open_page(browser, url: str):
+    """(context, page) on ``url``, loaded."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
-    page.goto(app[0])
-    page.get_by_role("button", name="Classify").wait_for()
+    page.goto(url)
+    page.get_by_role("tab", name="Classify").wait_for()
+    return context, page
+
+
+@pytest.fixture()
+def page(browser, app, request) -> Iterator:
+    """A fresh page on the shared app; its final state is saved as ``<test name>.png``."""
+    context, page = open_page(browser, app[0])
     yield page
     screenshot(page, request.node.name)
     context.close()
+
+
+@pytest.fixture(scope="module")
+def finetune_app(tmp_path_factory, data_dir) -> Iterator[tuple[str, Path]]:
+    """An app of its own for fine-tune jobs: the tiny scratch model in its own weights folder,
+    its own resume-state folder. Yields (url, weights folder)."""
+    from vit_demo.finetune import STATE_DIR_ENV
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    weights = tmp_path_factory.mktemp("browser-ft-weights")
+    save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("browser-ft-state")))
+        demo = build_demo(create_context(weights, data_dir, allow_hub=False))
+    url = serve_locally(demo)
+    yield url, weights
+    client = Client(url, verbose=False)  # a test that failed half-way may have left a job running
+    client.predict(api_name="/finetune_stop")
+    client.close()
+    demo.close()
 
 
 def screenshot(page, name: str) -> Path:
@@ -69,23 +106,34 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def open_tab(page, name: str) -> None:
+def open_tab(page, name: str):
+    """Select tab ``name``; returns its panel (Gradio keeps one tab panel shown)."""
     page.get_by_role("tab", name=name).click()
+    return page.get_by_role("tabpanel").filter(visible=True)
 
 
-def block(page, label: str):
-    """The component whose label reads exactly ``label`` (Gradio's block-label element sits
-    directly inside the component's block)."""
+def block(scope, label: str):
+    """The component in ``scope`` whose label reads exactly ``label`` (Gradio's block-label
+    element sits directly inside the component's block)."""
     exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
-    return page.get_by_test_id("block-label").filter(has_text=exact).locator("xpath=..")
+    return scope.get_by_test_id("block-label").filter(has_text=exact).locator("xpath=..")
 
 
-def upload_image(page, label: str, path: Path) -> None:
+def upload_image(scope, label: str, path: Path) -> None:
     """Put ``path`` into the image input ``label`` and wait until the server has it (the
     preview points at the uploaded copy; a file that is no picture shows a broken one)."""
-    image = block(page, label)
+    image = block(scope, label)
     image.locator("input[type=file]").set_input_files(str(path))
     image.locator(f"img[src*='{path.name}']").wait_for(state="attached")
+
+
+def shown_image(page, image_block) -> np.ndarray:
+    """The pixels of the picture an output image component shows, fetched as the page does."""
+    img = image_block.locator("img").first
+    img.wait_for()
+    response = page.request.get(img.get_attribute("src"))
+    assert response.ok, response.status
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
 
 
 def direct_top_label(model: torch.nn.Module, x: torch.Tensor) -> str:
@@ -97,29 +145,75 @@ def direct_top_label(model: torch.nn.Module, x: torch.Tensor) -> str:
         return CLASSES[int(model(inp).argmax(-1))]
 
 
+def save_cifar(tmp_path: Path, cifar_test, index: int) -> Path:
+    path = tmp_path / f"cifar10-test-{index}.png"
+    Image.fromarray(cifar_test.x[index].numpy()).save(path)
+    return path
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_classify_tab_shows_the_models_top_label(page, app, cifar_test, tmp_path, index):
     _, ctx = app
-    x = cifar_test.x[index]
-    path = tmp_path / f"cifar10-test-{index}.png"
-    Image.fromarray(x.numpy()).save(path)
-    open_tab(page, "Classify")
-    upload_image(page, "Image", path)
+    path = save_cifar(tmp_path, cifar_test, index)
+    panel = open_tab(page, "Classify")
+    upload_image(panel, "Image", path)
     screenshot(page, f"classify-{index}-uploaded")
-    page.get_by_role("button", name="Classify").click()
-    shown = block(page, LEFT_LABEL).get_by_test_id("label-output-value")
+    panel.get_by_role("button", name="Classify").click()
+    shown = block(panel, LEFT_LABEL).get_by_test_id("label-output-value")
     shown.wait_for()
     screenshot(page, f"classify-{index}-result")
-    assert shown.inner_text().strip() == direct_top_label(ctx.registry.get("scratch").model, x)
+    expected = direct_top_label(ctx.registry.get("scratch").model, cifar_test.x[index])
+    assert shown.inner_text().strip() == expected
 
 
 def test_classify_tab_explains_an_unusable_file(page, tmp_path):
     path = tmp_path / "not-a-picture.png"
     path.write_text("a text file with an image's name\n")
-    open_tab(page, "Classify")
-    upload_image(page, "Image", path)
-    page.get_by_role("button", name="Classify").click()
+    panel = open_tab(page, "Classify")
+    upload_image(panel, "Image", path)
+    panel.get_by_role("button", name="Classify").click()
     toast = page.get_by_test_id("toast-body").filter(has_text="Cannot use this file")
     toast.wait_for()
     screenshot(page, "classify-unusable-file-toast")
     assert "not an image format the app can read" in toast.inner_text()
+
+
+def test_attention_tab_shows_the_overlay_and_prediction(page, app, client, cifar_test, tmp_path):
+    _, ctx = app
+    path = save_cifar(tmp_path, cifar_test, 2)
+    panel = open_tab(page, "Attention")
+    upload_image(panel, "Image", path)
+    panel.get_by_role("button", name="Show attention").click()
+    overlay = block(panel, LEFT_LABEL)
+    shown = shown_image(page, overlay)
+    prediction = block(panel, "Prediction").first.get_by_test_id("label-output-value")
+    prediction.wait_for()
+    screenshot(page, "attention-result")
+    # The API with the same image and every other input at the tab's defaults (the head
+    # field's default is empty: all heads).
+    expected_path = client.predict(handle_file(str(path)), head=None, api_name="/rollout")[0]
+    np.testing.assert_array_equal(shown, np.asarray(Image.open(expected_path).convert("RGB")))
+    expected = direct_top_label(ctx.registry.get("scratch").model, cifar_test.x[2])
+    assert prediction.inner_text().strip() == expected
+
+
+def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):
+    url, weights = finetune_app
+    context, page = open_page(browser, url)
+    try:
+        panel = open_tab(page, "Fine-tune")
+        for label, value in [("Training images", "3000"), ("Epochs", "10"), ("Batch size", "16"),
+                             ("Validation images (0: none)", "0"), ("Test images", "10"),
+                             ("Output name (checkpoint in weights/)", "browser-ft")]:
+            panel.get_by_label(label, exact=True).fill(value)
+        panel.get_by_role("button", name="Start").click()
+        panel.get_by_text(re.compile(r"step [1-9]\d*/1870")).wait_for()  # running, past step 0
+        screenshot(page, "finetune-running")
+        panel.get_by_role("button", name="Stop").click()
+        panel.locator("b", has_text=re.compile(r"^cancelled$")).wait_for()
+        log = panel.get_by_label("Log", exact=True)
+        assert "nothing was written to the weights folder" in log.input_value()
+        assert not list(weights.glob("browser-ft*"))
+    finally:
+        screenshot(page, request.node.name)
+        context.close()

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import free_port, save_tiny_scratch
+from conftest import save_tiny_scratch
 from vit_demo.checkpoint import load_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
 from vit_demo.finetune import (CANCELLED, DONE, RUNNING, STATE_DIR_ENV, FinetuneRequest,
@@ -44,7 +44,7 @@ def _state(outputs: tuple | list) -> dict:
 def ft_app(tmp_path_factory, data_dir):
     """An app of its own (its own weights folder, job runner and resume-state folder), with the
     tiny scratch model as the shipped checkpoint. Yields (url, weights_dir)."""
-    from vit_demo.ui import build_demo, create_context, launch_kwargs
+    from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = tmp_path_factory.mktemp("ft-weights")
     save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
@@ -52,10 +52,7 @@ def ft_app(tmp_path_factory, data_dir):
     mp.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("ft-state")))
     ctx = create_context(weights, data_dir, allow_hub=True)
     demo = build_demo(ctx)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(weights))
-    yield f"http://127.0.0.1:{port}/", weights
+    yield serve_locally(demo), weights
     demo.close()
     mp.undo()
 
@@ -123,7 +120,7 @@ def test_request_lists_every_problem_and_accepts_integral_floats():
 def test_check_request_guards_the_weights_folder(tmp_path):
     save_tiny_scratch(tmp_path, SCRATCH_CHECKPOINT)
     ok = FinetuneRequest(name="new-model")
-    check_request(ok, tmp_path, "cpu")
+    check_request(ok, tmp_path)
     cases = [
         (FinetuneRequest(name=SCRATCH_CHECKPOINT), "is the app's own model"),
         (FinetuneRequest(base="missing", name="x"), "base 'missing' is not a scratch checkpoint"),
@@ -134,12 +131,12 @@ def test_check_request_guards_the_weights_folder(tmp_path):
     ]
     for request, message in cases:
         with pytest.raises(InvalidRequest, match="Cannot start") as info:
-            check_request(request, tmp_path, "cpu")
+            check_request(request, tmp_path)
         assert message in str(info.value)
-    check_request(FinetuneRequest(name=SCRATCH_CHECKPOINT, overwrite=True), tmp_path, "cpu")
+    check_request(FinetuneRequest(name=SCRATCH_CHECKPOINT, overwrite=True), tmp_path)
     empty = tmp_path / "empty"
     with pytest.raises(InvalidRequest, match="train it first"):
-        check_request(ok, empty, "cpu")
+        check_request(ok, empty)
 
 
 def test_runner_stop_keeps_resume_state_and_restart_resumes(tmp_path, data_dir):
@@ -149,12 +146,12 @@ def test_runner_stop_keeps_resume_state_and_restart_resumes(tmp_path, data_dir):
     request = FinetuneRequest(train_images=400, batch_size=16, steps=400, lr=1e-3, name="resumed",
                               val_images=0, test_images=50)
     assert request.train_config().checkpoint_every == 100
-    job = runner.start(request)
+    runner.start(request)
     deadline = time.monotonic() + JOB_TIMEOUT
-    for state in runner.follow(job.id, min_interval=0.02):
-        assert time.monotonic() < deadline
-        if state.step >= 110:
-            runner.stop()
+    while runner.snapshot().step < 110:
+        assert time.monotonic() < deadline and runner.snapshot().active, runner.snapshot()
+        time.sleep(0.01)
+    runner.stop()
     state = runner.wait(timeout=30)
     assert state.status == CANCELLED, state.error
     stopped = state.step

@@ -23,13 +23,7 @@ from vit_demo.model import PRESETS, ViT, convert_timm_state_dict
 from vit_demo.rollout import attention_rollout, cls_map, discard_lowest, fuse_heads, grad_rollout
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Keep CPU use modest and results reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------

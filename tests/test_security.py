@@ -1,8 +1,9 @@
 """Nothing from the page or the API reaches files beyond the uploads, the examples and the
-weights folder, and no checkpoint is ever unpickled.
+weights folder (which only the app itself reads), and no checkpoint is ever unpickled.
 
 Covered: model keys that look like paths, file payloads that name server files instead of
-uploads, Gradio's file route, checkpoint names, and pickles dressed as safetensors files.
+uploads, Gradio's file route (including every file in the weights folder), checkpoint names,
+and pickles dressed as safetensors files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from conftest import save_tiny_scratch
 from vit_demo.checkpoint import (CheckpointError, load_model_tensors, load_tensors, model_path,
                                  sha256)
 from vit_demo.models import SCRATCH_CHECKPOINT, ModelUnavailable, Registry
@@ -110,6 +112,32 @@ def test_file_route_serves_uploads_only(app, tiny_weights, cifar_png):
                 response = http.get(f"{url}{prefix}{target}")
                 assert response.status_code in (403, 404), (prefix, target, response.status_code)
                 assert b"root:" not in response.content
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory, data_dir):
+    """The app launched with ``launch_kwargs`` as app.py does (through ``serve_locally``), on a weights folder holding a
+    checkpoint pair, a half-written temporary file, a stray file and a link out of the folder.
+    Yields (url, weights folder)."""
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    weights = tmp_path_factory.mktemp("served-weights")
+    save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
+    (weights / f".{SCRATCH_CHECKPOINT}.safetensors.k2j4.tmp").write_bytes(b"half-written")
+    (weights / "operator-notes.txt").write_text("not for the public\n")
+    (weights / "passwd.json").symlink_to("/etc/passwd")
+    demo = build_demo(create_context(weights, data_dir, allow_hub=False))
+    yield serve_locally(demo), weights
+    demo.close()
+
+
+def test_file_route_serves_nothing_from_the_weights_folder(served_app):
+    url, weights = served_app
+    with httpx.Client(timeout=60) as http:
+        for path in sorted(weights.iterdir()):
+            response = http.get(f"{url}gradio_api/file={path}")
+            assert response.status_code == 403, (path.name, response.status_code)
+            assert path.read_bytes()[:64] not in response.content
 
 
 @pytest.mark.parametrize("name", ["../vit-scratch-cifar10", "..", "a/b", "/etc/passwd",

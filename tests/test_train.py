@@ -33,14 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = "cifar10-T/4"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain little from a second thread, and on a busy CPU two threads crawl
-    (the 20 overfit steps: 1.7 s on one thread, 7-13 s on two beside a training run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **changes) -> ViT:

@@ -1,7 +1,7 @@
 """Example images for the page, drawn at run time from whatever CIFAR-10 source this machine has.
 
 The repository holds no image of the data set: the gallery is written to a temporary folder
-from the data directory or torchvision's download cache, never downloading anything at start.
+from the data directory or torchvision's download cache; it downloads only when asked to.
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ class Gallery:
     reason: str  # why there is no gallery, when paths is empty
 
 
-def build_gallery(data_dir=None, per_class: int = 1, folder: Path | None = None) -> Gallery:
-    """``per_class`` test images of every class, as PNG files; empty with a reason if no source."""
+def build_gallery(data_dir=None, per_class: int = 1, folder: Path | None = None,
+                  download: bool = False) -> Gallery:
+    """``per_class`` test images of every class, as PNG files; empty with a reason if no source.
+
+    ``download``: fetch torchvision's archive when no local copy exists (for a Space, where
+    the network is there; off by default so the app never waits on a download to start).
+    """
     try:
-        test = load_cifar10("test", data_dir, download=False)
+        test = load_cifar10("test", data_dir, download=download)
     except DataUnavailable as exc:
         return Gallery([], [], f"No example images: {exc}")
     folder = Path(folder or tempfile.mkdtemp(prefix="vit-demo-examples-"))

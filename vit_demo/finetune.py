@@ -20,6 +20,7 @@ in the runner's thread on CUDA when present, else on the CPU.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
@@ -32,7 +33,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,7 @@ def registry_key(name: str) -> str:
     return {SCRATCH_CHECKPOINT: SCRATCH, VITB16_CHECKPOINT: VITB16}.get(name, name)
 
 
-def check_request(request: FinetuneRequest, weights_dir: Path, device: str) -> None:
+def check_request(request: FinetuneRequest, weights_dir: Path) -> None:
     """The checks that need the weights folder: the base exists, the output name is free (or
     overwriting is asked), the app's own checkpoint names keep their architecture, and on
     ZeroGPU the job fits one GPU allocation."""
@@ -400,9 +401,10 @@ def _stepwise(trainer: Trainer) -> Iterator[tuple[str, dict]]:
 
 def train_job(request: FinetuneRequest, data_dir: str | None, weights_dir: str,
               state_path: str) -> Iterator[tuple[str, Any]]:
-    """The job body: events ``("log", str)``, ``("started", dict)``, ``("progress", dict)``
-    per step, then ``("result", dict)`` with the CPU weights and the test metrics, or
-    ``("error", str)``. Close it to cancel after the current step (no result, no files)."""
+    """The job body: events ``("log", str)``, ``("started", dict)``, ``("baseline", dict)``
+    (validation accuracy before this run's first step), ``("progress", dict)`` per step, then
+    ``("result", dict)`` with the CPU weights and the test metrics, or ``("error", str)``.
+    Close it to cancel after the current step (no result, no files)."""
     try:
         device = torch.device(training_device())
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -425,6 +427,9 @@ def train_job(request: FinetuneRequest, data_dir: str | None, weights_dir: str,
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         yield "started", {"total_steps": trainer.end_step, "resumed_step": trainer.step,
                           "steps_per_epoch": trainer.steps_per_epoch, "trainable": trainable}
+        if len(val):
+            yield "baseline", {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch,
+                               "val_accuracy": evaluate(model, val, data_cfg, device)["accuracy"]}
         result: TrainResult = yield from _stepwise(trainer)
         yield "log", f"testing on {len(test)} held-out CIFAR-10 test images"
         batch = 500 if device.type == "cuda" or data_cfg.input_size[1] <= 64 else 64
@@ -435,14 +440,13 @@ def train_job(request: FinetuneRequest, data_dir: str | None, weights_dir: str,
                          "trainable": trainable, "config": asdict(cfg), "test": metrics,
                          "history": result.history, "wall_s": result.wall_s,
                          "steps": result.step, "device": name, "device_type": device.type,
-                         "train_images": len(train),
-                         "val_images": len(val)}
+                         "train_images": len(train), "val_images": len(val)}
     except Exception as exc:
         message = str(exc) if isinstance(exc, FinetuneError) else f"{type(exc).__name__}: {exc}"
         yield "error", message
 
 
-def _gpu_wrapped(fn):
+def _gpu_wrapped(fn: Callable[..., Iterator]) -> Callable[..., Iterator]:
     """``fn`` under ``spaces.GPU`` on ZeroGPU (decorated at import, before the app launches);
     ``fn`` itself elsewhere."""
     if not on_zero_gpu():
@@ -470,7 +474,7 @@ class JobState:
     epoch: float = 0.0
     eta_s: float | None = None
     images_per_s: float | None = None
-    history: list[dict] = field(default_factory=list)  # one row per step (+ val_accuracy)
+    history: list[dict] = field(default_factory=list)  # val at the start, then one row per step
     log: list[str] = field(default_factory=list)
     metrics: dict | None = None  # {"test": evaluate(...)} at the end
     checkpoint: str | None = None  # path of the written .safetensors
@@ -499,7 +503,8 @@ class JobRunner:
     """Runs one fine-tuning job at a time for the whole server and keeps its state.
 
     ``start`` validates and starts a job in a worker thread (``JobBusy`` while one runs);
-    ``stop`` asks it to end after the current step; ``snapshot`` and ``follow`` read the state.
+    ``stop`` asks it to end after the current step; ``snapshot``, ``updates`` and ``wait`` read
+    the state.
     """
 
     def __init__(self, registry: Registry, data_dir: str | None = None,
@@ -527,24 +532,25 @@ class JobRunner:
         return dataclasses.replace(s, request=dict(s.request), history=list(s.history),
                                    log=list(s.log))
 
-    def follow(self, job_id: int | None = None, min_interval: float = 0.25,
-               heartbeat: float = 5.0) -> Iterator[JobState]:
-        """Snapshots of job ``job_id`` (default: the current one) as it changes, at most one per
-        ``min_interval`` seconds and at least one per ``heartbeat``, ending with the snapshot
-        in which it is no longer active."""
+    async def updates(self, job_id: int | None = None, interval: float = 0.25
+                      ) -> AsyncIterator[JobState]:
+        """Snapshots of job ``job_id`` (default: the current one) when it has changed, looking
+        every ``interval`` seconds, ending with the snapshot in which it is no longer active.
+        Asynchronous, so that pages watching a long job hold no worker thread."""
         seen = -1
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._version != seen, timeout=heartbeat)
+                changed = self._version != seen
                 seen = self._version
-                snap = self._copy()
-            if job_id is not None and snap.id != job_id:
-                return
-            yield snap
-            if not snap.active:
-                return
-            job_id = snap.id
-            time.sleep(min_interval)
+                snap = self._copy() if changed else None
+            if snap is not None:
+                if job_id is not None and snap.id != job_id:
+                    return
+                yield snap
+                if not snap.active:
+                    return
+                job_id = snap.id
+            await asyncio.sleep(interval)
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Wait until no job is active (or ``timeout`` passes); the state then."""
@@ -563,7 +569,7 @@ class JobRunner:
                     f"{running.request.get('base')} -> {running.request.get('name')}, "
                     f"{running.status}, step {running.step}/{running.total_steps}). Only one job "
                     "runs at a time: wait for it to finish or stop it.", self._copy())
-            check_request(request, self.weights_dir, self.device)
+            check_request(request, self.weights_dir)
             self._cancel = threading.Event()
             self._state = JobState(id=self._state.id + 1, status=STARTING, request=asdict(request),
                                    device=self.device, warning=device_warning(self.device),
@@ -602,7 +608,8 @@ class JobRunner:
 
     def _log(self, line: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self._state.log = (self._state.log + [f"{stamp} {line}"])[-MAX_LOG_LINES:]
+        self._state.log.append(f"{stamp} {line}")
+        del self._state.log[:-MAX_LOG_LINES]
         self._changed()
 
     def _update(self, **changes: Any) -> None:
@@ -662,6 +669,11 @@ class JobRunner:
                                   f"{value['total_steps']} steps ({value['steps_per_epoch']} per "
                                   "epoch)" + (f"; resumed at step {value['resumed_step']}"
                                               if value["resumed_step"] else ""))
+                elif kind == "baseline":
+                    with self._cond:
+                        self._state.history.append(value)
+                        self._log(f"step {value['step']}: validation accuracy "
+                                  f"{value['val_accuracy']:.4f}")
                 elif kind == "progress":
                     self._progress(value)
                 elif kind == "error":
@@ -686,7 +698,7 @@ class JobRunner:
             rate = p["images_per_s"]
             s.images_per_s = rate if s.images_per_s is None else 0.8 * s.images_per_s + 0.2 * rate
             s.step, s.total_steps, s.epoch, s.eta_s = p["step"], p["total_steps"], p["epoch"], p["eta_s"]
-            s.history = s.history + [row]
+            s.history.append(row)
             tenth = max(1, p["total_steps"] // 10)
             if p["val_accuracy"] is not None:
                 self._log(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "

@@ -20,7 +20,7 @@ from .data import DataConfig
 from .models import LoadedModel
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
-MAX_PIXELS = 40_000_000  # decompression-bomb limit (width * height), e.g. 8000 x 5000
+MAX_PIXELS = 25_000_000  # decompression-bomb limit (width * height), e.g. 6000 x 4000
 # What a browser or phone hands over (Pillow's JPEG reader also takes multi-picture JPEGs);
 # other Pillow formats (EPS runs Ghostscript, PSD, FITS, ...) are never even identified.
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
@@ -71,12 +71,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16/32-bit and float scaled, transparency composited on white."""
     if img.mode.startswith("I;16"):
         a = np.asarray(img).astype(np.uint32)
-        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
     elif img.mode in ("I", "F"):
         a = np.nan_to_num(np.asarray(img, dtype=np.float64))
         top = a.max(initial=0.0)
         top = 1.0 if img.mode == "F" and top <= 1.0 else 65535.0 if top > 255 else 255.0
-        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

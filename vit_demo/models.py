@@ -19,7 +19,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, default_weights_dir, list_models, load_card, load_model_tensors

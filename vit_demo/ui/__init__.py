@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import gradio as gr
 
-from ..checkpoint import default_weights_dir
 from ..examples import build_gallery
 from ..models import SCRATCH, VITB16, Registry
 from . import attention, classify, compare, finetune
@@ -17,17 +17,19 @@ MAX_FILE_SIZE = "20mb"  # uploads above this are refused by the server before an
 
 
 def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
-                   allow_hub: bool = True) -> AppContext:
+                   allow_hub: bool = True, download_data: bool = False) -> AppContext:
     """Registry with the scratch model loaded (so the first request is fast) and ViT-B/16
-    loading in the background; the example gallery from the local CIFAR-10 copy."""
+    loading in the background; the example gallery from the local CIFAR-10 copy (downloaded
+    first when ``download_data``)."""
     registry = Registry(weights_dir, allow_hub=allow_hub)
     registry.load_in_background(VITB16)
     registry.load_in_background(SCRATCH).join()
-    return AppContext(registry, build_gallery(data_dir), data_dir)
+    return AppContext(registry, build_gallery(data_dir, download=download_data), data_dir)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
-    with gr.Blocks(title="vit-demo: what a Vision Transformer sees") as demo:
+    # Uploads and generated files older than an hour are deleted every hour.
+    with gr.Blocks(title="vit-demo: what a Vision Transformer sees", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# What a Vision Transformer sees\n"
                     "A ViT written from scratch and trained on CIFAR-10 here, beside timm's "
                     "ViT-B/16 fine-tuned on CIFAR-10.")
@@ -48,8 +50,17 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
-def launch_kwargs(weights_dir: Path | None = None) -> dict:
-    """``launch()`` settings; Gradio may serve files from the weights folder (the fine-tune
-    tab's checkpoint downloads) and from nowhere else beyond its defaults."""
-    weights = Path(weights_dir) if weights_dir else default_weights_dir()
-    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(weights.resolve())]}
+def launch_kwargs() -> dict:
+    """``launch()`` settings. No ``allowed_paths``: the page serves uploads, the examples and
+    the fine-tune tab's download copies from the temp dir, never the weights folder."""
+    return {"max_file_size": MAX_FILE_SIZE}
+
+
+def serve_locally(demo: gr.Blocks) -> str:
+    """Launch ``demo`` on a free loopback port without blocking (tests, benchmarks); its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_kwargs())
+    return f"http://127.0.0.1:{port}/"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 import torch
+from PIL import Image
 
 from ..attention import METHODS, explain
 from ..data import CLASSES
@@ -17,7 +18,8 @@ from ..inference import preprocess
 from ..models import LoadedModel, ModelUnavailable
 from ..overlay import COLORMAPS, model_view, overlay, value_grid
 from ..rollout import HEAD_FUSIONS
-from .common import BOTH, AppContext, image_input, keys_for, model_choices, read_image
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
+                     read_image)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
 MAX_DISCARD_RATIO = 0.99
@@ -111,7 +113,7 @@ def check_for_model(settings: Settings, loaded: LoadedModel) -> int | None:
     return loaded.classes.index(settings.target_class)
 
 
-def explain_one(loaded: LoadedModel, img, settings: Settings, target: int | None
+def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, target: int | None
                 ) -> tuple[np.ndarray, dict[str, float], dict]:
     """(overlay image, top-k confidences, JSON entry) for one model and one image."""
     with torch.inference_mode():
@@ -236,17 +238,12 @@ def build_tab(ctx: AppContext) -> None:
             notes = gr.Markdown()
             with gr.Accordion("Map values per patch (raw, before normalising for display)", open=False):
                 values = gr.JSON(label="Values")
-    if ctx.gallery.paths:
-        gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
-                    label="CIFAR-10 test images (read from this machine's copy of the data set)",
-                    example_labels=ctx.gallery.labels)
-    else:
-        gr.Markdown(ctx.gallery.reason)
+    examples(ctx, image)
     run.click(functools.partial(rollout, ctx),
               inputs=[image, choice, method, head_fusion, discard_ratio, start_layer, target_class,
                       layer, head, colormap, opacity, grid],
               outputs=[left, right, left_label, right_label, values, notes], api_name="rollout",
-              concurrency_limit=4, concurrency_id="inference")
+              **INFERENCE)
     method.change(control_visibility, inputs=[method],
                   outputs=[head_fusion, discard_ratio, start_layer, target_class, layer, head],
                   api_visibility="private", queue=False)

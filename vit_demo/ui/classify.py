@@ -7,7 +7,8 @@ import gradio as gr
 from ..data import CLASSES
 from ..inference import predict
 from ..models import ModelUnavailable
-from .common import BOTH, AppContext, image_input, keys_for, model_choices, read_image
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
+                     read_image)
 
 TOP_K = 5
 
@@ -52,14 +53,8 @@ def build_tab(ctx: AppContext) -> None:
                 left = gr.Label(num_top_classes=TOP_K, label="Scratch ViT / chosen model")
                 right = gr.Label(num_top_classes=TOP_K, label="ViT-B/16")
             notes = gr.Markdown()
-    if ctx.gallery.paths:
-        gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
-                    label="CIFAR-10 test images (read from this machine's copy of the data set)",
-                    example_labels=ctx.gallery.labels)
-    else:
-        gr.Markdown(ctx.gallery.reason)
+    examples(ctx, image)
     run.click(lambda img, c: classify(ctx, img, c), inputs=[image, choice],
-              outputs=[left, right, notes], api_name="classify", concurrency_limit=4,
-              concurrency_id="inference")
+              outputs=[left, right, notes], api_name="classify", **INFERENCE)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")

@@ -13,6 +13,9 @@ from ..inference import BadImage, open_image
 from ..models import READY, SCRATCH, VITB16, LoadedModel, ModelUnavailable, Registry
 
 BOTH = "both"  # model choice: scratch and ViT-B/16 side by side
+# /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
+# in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
+INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
 
 
 @dataclass
@@ -44,6 +47,16 @@ class ImageUpload(gr.Image):
 def image_input(label: str = "Image") -> ImageUpload:
     return ImageUpload(label=label, type="filepath", sources=["upload", "clipboard", "webcam"],
                        height=260)
+
+
+def examples(ctx: AppContext, image: gr.Image) -> None:
+    """The CIFAR-10 example gallery feeding ``image``, or the reason there is none."""
+    if ctx.gallery.paths:
+        gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
+                    label="CIFAR-10 test images (read from this machine's copy of the data set)",
+                    example_labels=ctx.gallery.labels)
+    else:
+        gr.Markdown(ctx.gallery.reason)
 
 
 def read_image(path: str | Path | None):

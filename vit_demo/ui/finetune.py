@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
 from dataclasses import fields
 from functools import partial
 
@@ -24,10 +29,13 @@ from ..finetune import (DONE, FAILED, FinetuneError, FinetuneRequest, JobRunner,
 from ..models import SCRATCH, VITB16
 from .common import AppContext
 
+_DOWNLOADS = Path(tempfile.mkdtemp(prefix="vit-demo-downloads-"))
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
-LOG_LINES = 40
+LOG_LINES = 12
+LOSS_COLORS = {"train loss": "#2563eb"}
+ACCURACY_COLORS = {"train accuracy": "#2563eb", "validation accuracy": "#ea580c"}
 FORM_FIELDS = [f.name for f in fields(FinetuneRequest)]
-Outputs = tuple[str, pd.DataFrame, pd.DataFrame, str, list[str] | None, dict]
+Outputs = tuple[str, pd.DataFrame | None, pd.DataFrame | None, str, list[str] | None, dict]
 
 
 def _duration(seconds: float | None) -> str:
@@ -76,44 +84,67 @@ def _thin(rows: list[dict]) -> list[dict]:
 
 def plot_frames(state: JobState) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long-format (step, value, series) frames: training loss; training and validation accuracy."""
-    rows = _thin(state.history)
+    rows = _thin([r for r in state.history if "train_loss" in r])
     loss = [{"step": r["step"], "value": r["train_loss"], "series": "train loss"} for r in rows]
     acc = [{"step": r["step"], "value": r["train_accuracy"], "series": "train accuracy"} for r in rows]
     acc += [{"step": r["step"], "value": r["val_accuracy"], "series": "validation accuracy"}
             for r in state.history if "val_accuracy" in r]
-    # Typed even when empty: the plot fixes its axis types from the first frame it gets.
-    dtypes = {"step": "int64", "value": "float64", "series": "string"}
-    return tuple(pd.DataFrame(rows, columns=list(dtypes)).astype(dtypes) for rows in (loss, acc))
+    dtypes = {"step": "int64", "value": "float64"}
+    return tuple(pd.DataFrame(rows, columns=["step", "value", "series"]).astype(dtypes)
+                 for rows in (loss, acc))
 
 
 def view(state: JobState) -> Outputs:
     """The tab's outputs for ``state``."""
-    loss, acc = plot_frames(state)
-    files = [state.checkpoint, state.card] if state.status == DONE and state.checkpoint else None
-    return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
-            state.summary())
+    # No frame before the first step: the plot keeps the axis types and the series of its
+    # first frame, which therefore holds the starting validation accuracy and a training row.
+    trained = bool(state.history) and "train_loss" in state.history[-1]
+    loss, acc = plot_frames(state) if trained else (None, None)
+    return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]),
+            download_copies(state), state.summary())
 
 
-def start(runner: JobRunner, *values) -> Iterator[Outputs]:
+def download_copies(state: JobState) -> list[str] | None:
+    """The finished job's checkpoint and card, copied once into a temporary folder for the
+    download button: Gradio serves files from there, never from the weights folder."""
+    if state.status != DONE:
+        return None
+    folder = _DOWNLOADS / f"job-{state.id}"
+    copies = []
+    for src in (state.checkpoint, state.card):
+        if not src or not Path(src).is_file():
+            continue
+        dst = folder / Path(src).name
+        if not dst.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{dst.name}.{threading.get_ident()}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        copies.append(str(dst))
+    return copies or None
+
+
+async def start(runner: JobRunner, *values) -> AsyncIterator[Outputs]:
     """Start a job from the form values and stream its state until it ends."""
     try:
         request = FinetuneRequest(**dict(zip(FORM_FIELDS, values)))
         state = runner.start(request)
     except FinetuneError as exc:
         raise gr.Error(str(exc)) from exc
-    for state in runner.follow(state.id):
+    async for state in runner.updates(state.id):
         yield view(state)
     if state.status == FAILED:
         raise gr.Error(f"The fine-tune failed: {state.error}")
 
 
-def follow(runner: JobRunner) -> Iterator[Outputs]:
+async def follow(runner: JobRunner) -> AsyncIterator[Outputs]:
     """The current job's state, streamed while it is active (one update when it is not)."""
-    for state in runner.follow():
+    async for state in runner.updates():
         yield view(state)
 
 
 def stop(runner: JobRunner) -> Outputs:
+    """Ask the running job to stop after its current step; the state then."""
     state = runner.stop()
     if not state.active:
         gr.Warning("No fine-tuning job is running.")
@@ -163,10 +194,11 @@ def build_tab(ctx: AppContext) -> JobRunner:
         with gr.Column(scale=1):
             progress = gr.HTML(progress_html(runner.snapshot()))
             loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Training loss",
-                                    height=220)
+                                    color_map=LOSS_COLORS, height=220)
             acc_plot = gr.LinePlot(x="step", y="value", color="series", title="Accuracy",
-                                   height=220)
-            log = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, interactive=False)
+                                   color_map=ACCURACY_COLORS, height=220)
+            log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True,
+                             interactive=False)
             files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False)
             with gr.Accordion("Job state (JSON)", open=False):
                 state_json = gr.JSON()
