@@ -85,3 +85,17 @@ def test_classify_unknown_model_is_refused(client, cifar_test, tmp_path):
     path = _save_png(tmp_path, cifar_test.x[5])
     with pytest.raises(AppError, match="Unknown model"):
         client.predict(handle_file(str(path)), "../../etc/passwd", api_name="/classify")
+
+
+def test_status_api_lists_every_model_with_its_state(client, cifar_test, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    path = _save_png(tmp_path, cifar_test.x[6])
+    with pytest.raises(AppError):  # makes sure the offline hub load has been tried and has failed
+        client.predict(handle_file(str(path)), "vit-b16", api_name="/classify")
+    status = {m["key"]: m for m in client.predict(api_name="/status")}
+    assert status["scratch"]["state"] == "ready" and status["scratch"]["kind"] == "scratch"
+    vit = status["vit-b16"]
+    assert vit["state"] == "unavailable" and vit["kind"] == "timm"
+    assert vit["source"] == "hf-hub:edadaltocg/vit_base_patch16_224_in21k_ft_cifar10"
+    assert "VIT_DEMO_VITB16_HUB" in vit["reason"]

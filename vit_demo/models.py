@@ -154,7 +154,7 @@ class Registry:
         if error is not None:
             return ModelStatus(key, self.label(key), kind, UNAVAILABLE, error, source)
         if loading:
-            return ModelStatus(key, self.label(key), kind, LOADING, "loading in the background", source)
+            return ModelStatus(key, self.label(key), kind, LOADING, "", source)
         if where == "file" and not (self.weights_dir / f"{name}.json").is_file():
             return ModelStatus(key, self.label(key), kind, UNAVAILABLE, self._missing_reason(key, name),
                                source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -10,7 +11,7 @@ import gradio as gr
 from ..examples import build_gallery
 from ..models import SCRATCH, VITB16, Registry
 from . import attention, classify, compare, finetune
-from .common import AppContext, status_markdown
+from .common import AppContext, model_status, status_markdown
 
 QUEUE_MAX_SIZE = 64  # requests waiting beyond this are refused at once ("queue full")
 MAX_FILE_SIZE = "20mb"  # uploads above this are refused by the server before any handler runs
@@ -43,6 +44,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
         demo.load(lambda: compare.compare(ctx), outputs=compare_outputs, api_visibility="private")
+        gr.api(partial(model_status, ctx.registry), api_name="status")
         timer = gr.Timer(3.0)
         timer.tick(lambda: status_markdown(ctx.registry), outputs=[status], api_visibility="private",
                    queue=False)

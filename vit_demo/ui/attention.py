@@ -174,7 +174,7 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
             pictures.append(None)
             labels.append(None)
             values[key] = {"label": label, "available": False, "reason": reasons[key]}
-            notes.append(f"**{label}**: {reasons[key]}")
+            notes.append(reasons[key])
             continue
         start = time.perf_counter()
         picture, confidences, values[key] = explain_one(m, img, settings, targets[key])

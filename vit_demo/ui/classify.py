@@ -26,7 +26,7 @@ def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | No
             loaded = ctx.registry.get(key)
         except ModelUnavailable as exc:
             results.append(None)
-            notes.append(f"**{label}**: {exc}")
+            notes.append(str(exc))
             continue
         pred = predict(loaded, img, TOP_K)
         results.append(pred.confidences)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -92,6 +92,11 @@ def get_model(registry: Registry, key: str) -> LoadedModel:
         return registry.get(key)
     except ModelUnavailable as exc:
         raise gr.Error(str(exc)) from exc
+
+
+def model_status(registry: Registry) -> list[dict]:
+    """Every model's status, for the ``/status`` API: key, label, kind, state, reason, source."""
+    return [asdict(s) for s in registry.statuses()]
 
 
 def status_markdown(registry: Registry) -> str:
