@@ -29,7 +29,7 @@ def test_compare_shows_card_figures_and_unavailable_vitb16(tmp_path, cifar_test)
     registry = Registry(tmp_path, allow_hub=True)
     registry.get("scratch")
     registry.load_in_background("vit-b16").join()  # offline: fails, with the reason
-    summary, classes_md, confusion = compare(AppContext(registry, Gallery([], [], "none")))
+    summary, classes_md, confusion = compare(AppContext(registry, Gallery([], "none")))
 
     scratch_row = next(line for line in summary.splitlines() if line.startswith("| Scratch ViT"))
     assert f"{100 * accuracy:.2f} %" in scratch_row and "| 300 |" in scratch_row
@@ -44,6 +44,6 @@ def test_compare_shows_card_figures_and_unavailable_vitb16(tmp_path, cifar_test)
 def test_compare_without_figures_says_how_to_measure(tmp_path):
     save_tiny_scratch(tmp_path, SCRATCH_CHECKPOINT)
     summary, classes_md, confusion = compare(AppContext(Registry(tmp_path, allow_hub=False),
-                                                        Gallery([], [], "none")))
+                                                        Gallery([], "none")))
     assert "python -m vit_demo evaluate --name vit-scratch-cifar10 --update-card" in summary
     assert classes_md == "No per-class figures yet." and confusion == []

@@ -17,12 +17,11 @@ from .data import CLASSES, DataUnavailable, class_balanced_indices, load_cifar10
 
 @dataclass(frozen=True)
 class Gallery:
-    paths: list[Path]  # one PNG per example, named after its class
-    labels: list[str]
+    paths: list[Path]  # one PNG per example, named after its index and class
     reason: str  # why there is no gallery, when paths is empty
 
 
-def build_gallery(data_dir=None, per_class: int = 1, folder: Path | None = None,
+def build_gallery(data_dir=None, per_class: int = 2, folder: Path | None = None,
                   download: bool = False) -> Gallery:
     """``per_class`` test images of every class, as PNG files; empty with a reason if no source.
 
@@ -32,15 +31,14 @@ def build_gallery(data_dir=None, per_class: int = 1, folder: Path | None = None,
     try:
         test = load_cifar10("test", data_dir, download=download)
     except DataUnavailable as exc:
-        return Gallery([], [], f"No example images: {exc}")
+        return Gallery([], f"No example images: {exc}")
     folder = Path(folder or tempfile.mkdtemp(prefix="vit-demo-examples-"))
     folder.mkdir(parents=True, exist_ok=True)
-    paths, labels = [], []
+    paths = []
     for i in class_balanced_indices(test.y, per_class).tolist():
         label = CLASSES[int(test.y[i])]
         img = Image.fromarray(test.x[i].numpy())  # the exact 32x32 pixels of the test set
         path = folder / f"cifar10-test-{i:05d}-{label}.png"
         img.save(path)
         paths.append(path)
-        labels.append(label)
-    return Gallery(paths, labels, "")
+    return Gallery(paths, "")

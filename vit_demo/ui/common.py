@@ -53,8 +53,8 @@ def examples(ctx: AppContext, image: gr.Image) -> None:
     """The CIFAR-10 example gallery feeding ``image``, or the reason there is none."""
     if ctx.gallery.paths:
         gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
-                    label="CIFAR-10 test images (read from this machine's copy of the data set)",
-                    example_labels=ctx.gallery.labels)
+                    label="CIFAR-10 test images, two per class (read from this machine's copy "
+                          "of the data set)", examples_per_page=20)
     else:
         gr.Markdown(ctx.gallery.reason)
 
