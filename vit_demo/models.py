@@ -51,12 +51,6 @@ class LoadedModel:
     source: str  # where the weights came from
     card: dict | None  # the checkpoint card (None for hub weights)
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        if self.kind == "scratch":
-            return self.model.grid_size
-        return tuple(self.model.patch_embed.grid_size)
-
 
 @dataclass(frozen=True)
 class ModelStatus:
