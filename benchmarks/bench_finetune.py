@@ -37,7 +37,7 @@ from vit_demo.model import PRESETS, ViT  # noqa: E402
 from vit_demo.models import SCRATCH_CHECKPOINT  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
-TINY_PRESET = "cifar10-T/4"
+TINY_PRESET = "cifar10-64x2/4"
 PEAK_ENV = "VIT_DEMO_PEAK_TFLOPS"
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from NVIDIA's data sheets; the first
 # pattern found in the device name wins.

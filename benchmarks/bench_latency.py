@@ -70,7 +70,7 @@ def classify_end_to_end(runs: int) -> dict:
     weights = default_weights_dir()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     if not (weights / f"{SCRATCH_CHECKPOINT}.json").is_file():  # no shipped model: a random one
-        cfg = PRESETS["cifar10-Ti/4"]
+        cfg = PRESETS["cifar10-192x6/4"]
         weights = tmp / "weights"
         save_model(weights, SCRATCH_CHECKPOINT, ViT(cfg).state_dict(),
                    {"arch": "scratch-vit", "model_config": cfg.to_dict(),
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"threads": args.threads,
-               "scratch_vs_timm": model_vs_timm("cifar10-Ti/4", args.runs),
+               "scratch_vs_timm": model_vs_timm("cifar10-192x6/4", args.runs),
                "b16_vs_timm": model_vs_timm("B/16", max(10, args.runs // 10)),
                "classify": classify_end_to_end(max(20, args.runs // 4))}
     print(f"torch {torch.__version__}, {args.threads} threads, batch 1, fp32, median of runs")

@@ -75,10 +75,10 @@ def write_images(folder: Path, data_dir: str | None) -> list[Path]:
 
 
 def tiny_weights(folder: Path) -> Path:
-    """A random-weight ``cifar10-T/4`` scratch checkpoint under the shipped name."""
+    """A random-weight ``cifar10-64x2/4`` scratch checkpoint under the shipped name."""
     torch.manual_seed(0)
-    model = ViT(PRESETS["cifar10-T/4"])
-    card = {"arch": "scratch-vit", "preset": "cifar10-T/4", "model_config": model.cfg.to_dict(),
+    model = ViT(PRESETS["cifar10-64x2/4"])
+    card = {"arch": "scratch-vit", "preset": "cifar10-64x2/4", "model_config": model.cfg.to_dict(),
             "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
     save_model(folder, SCRATCH_CHECKPOINT, model.state_dict(), card)
     return folder
@@ -95,7 +95,7 @@ def launch_app(stack: ExitStack, data_dir: str | None) -> tuple[str, str]:
         weights, source = shipped, f"shipped {shipped / SCRATCH_CHECKPOINT}.safetensors"
     else:
         weights = tiny_weights(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-        source = "tiny random cifar10-T/4 (no shipped checkpoint)"
+        source = "tiny random cifar10-64x2/4 (no shipped checkpoint)"
     ctx = create_context(weights, data_dir, allow_hub=False)
     demo = build_demo(ctx)
     url = serve_locally(demo)

@@ -33,11 +33,11 @@ def _models() -> list[tuple[str, nn.Module, ModelKind, torch.Tensor]]:
     """(label, model in eval mode with random weights, kind, one input image)."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    scratch = ViT(PRESETS["cifar10-Ti/4"]).eval()
+    scratch = ViT(PRESETS["cifar10-192x6/4"]).eval()
     import timm  # imports torchvision: only when the timm model is built
     vit_b = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10).eval()
     return [
-        ("scratch cifar10-Ti/4 32px", scratch, "scratch", torch.randn(1, 3, 32, 32, generator=gen)),
+        ("scratch cifar10-192x6/4 32px", scratch, "scratch", torch.randn(1, 3, 32, 32, generator=gen)),
         ("timm vit_base_patch16_224", vit_b, "timm", torch.randn(1, 3, 224, 224, generator=gen)),
     ]
 

@@ -1,5 +1,5 @@
 """Training throughput: our ``Trainer`` on the scratch ViT vs a plain loop over timm's
-``VisionTransformer``, both at the shipped "cifar10-Ti/4" configuration (32 px, patch 4, width
+``VisionTransformer``, both at the shipped "cifar10-192x6/4" configuration (32 px, patch 4, width
 192, depth 6, 3 heads, MLP ratio 2), batch 128, AdamW, in the same process.
 
 Every step of every loop does the same work: pick a batch, random crop + flip, normalise,
@@ -32,7 +32,7 @@ from vit_demo.data import CIFAR10_DATA_CONFIG, Split, preprocess_batch, random_c
 from vit_demo.model import PRESETS, ViT, ViTConfig  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
-PRESET = "cifar10-Ti/4"
+PRESET = "cifar10-192x6/4"
 TARGET = 1.1  # ours may be at most this many times slower than timm
 
 

@@ -48,10 +48,10 @@ def save_tiny_scratch(weights_dir: Path, name: str, seed: int = 0):
     from vit_demo.model import PRESETS, ViT
 
     torch.manual_seed(seed)
-    model = ViT(PRESETS["cifar10-T/4"])
+    model = ViT(PRESETS["cifar10-64x2/4"])
     for p in model.parameters():  # the default init zeroes the head; make the logits informative
         torch.nn.init.normal_(p, std=0.1)
-    card = {"arch": "scratch-vit", "preset": "cifar10-T/4", "model_config": model.cfg.to_dict(),
+    card = {"arch": "scratch-vit", "preset": "cifar10-64x2/4", "model_config": model.cfg.to_dict(),
             "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
     save_model(weights_dir, name, model.state_dict(), card)
     return model.eval()

@@ -192,7 +192,7 @@ def test_finetune_end_to_end(ft_app, ft_client, cifar_test, tmp_path):
     assert Path(state["checkpoint"]) == (weights / "ft-e2e.safetensors").resolve()
     card = load_card(weights, "ft-e2e")
     assert card["arch"] == "scratch-vit"
-    assert card["model_config"] == PRESETS["cifar10-T/4"].to_dict()
+    assert card["model_config"] == PRESETS["cifar10-64x2/4"].to_dict()
     assert card["data_config"] == CIFAR10_DATA_CONFIG.to_dict()
     assert card["classes"] == list(CLASSES)
     assert card["recipe"]["lr"] == 1e-3 and card["recipe"]["base"] == "scratch"

@@ -9,7 +9,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vit_demo.checkpoint import CheckpointError, load_model_tensors, save_model
-from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict
+from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, deepen
 from vit_demo.models import Registry, load_checkpoint
 
 
@@ -91,7 +91,7 @@ def test_mean_pooling_differs_from_cls_pooling():
 
 
 def _save(tmp_path, name="m", cfg=None):
-    cfg = cfg or PRESETS["cifar10-T/4"]
+    cfg = cfg or PRESETS["cifar10-64x2/4"]
     model = ViT(cfg)
     card = {"arch": "scratch-vit", "model_config": cfg.to_dict(), "classes": ["c"] * cfg.num_classes}
     save_model(tmp_path, name, model.state_dict(), card)
@@ -141,3 +141,22 @@ def test_missing_scratch_checkpoint_says_how_to_get_it(tmp_path):
     status = registry.status("scratch")
     assert status.state == "unavailable"
     assert "python -m vit_demo train" in status.reason
+
+
+def test_deepened_model_computes_the_same_and_then_learns():
+    """Net2Net deepening: same logits as the shallow model, yet the new blocks get gradients."""
+    torch.manual_seed(0)
+    shallow = ViT(PRESETS["cifar10-64x2/4"])
+    with torch.no_grad():
+        for p in shallow.parameters():
+            p.normal_(0, 0.05)
+    deep = deepen(shallow.eval(), 5).eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert len(deep.blocks) == 5
+    torch.testing.assert_close(deep(x), shallow(x), atol=1e-6, rtol=0)
+    # the trained blocks sit at 0 and 2 (i * 5 // 2), the new ones are identity at first
+    torch.testing.assert_close(deep.blocks[2].mlp.fc1.weight, shallow.blocks[1].mlp.fc1.weight)
+    deep(x).square().sum().backward()
+    assert deep.blocks[1].mlp.fc2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot deepen"):
+        deepen(shallow, 1)

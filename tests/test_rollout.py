@@ -399,11 +399,11 @@ def test_unsupported_timm_variants_are_refused():
     with pytest.raises(ValueError, match="training mode"):
         explain(small_timm(0).train(), "timm", x)
     with pytest.raises(ValueError, match="VisionTransformer"):
-        timm_forward_with_attention(ViT(PRESETS["cifar10-T/4"]).eval(), torch.randn(1, 3, 32, 32))
+        timm_forward_with_attention(ViT(PRESETS["cifar10-64x2/4"]).eval(), torch.randn(1, 3, 32, 32))
 
 
 def scratch_and_timm_pair(seed: int = 7) -> tuple[ViT, VisionTransformer]:
-    cfg = PRESETS["cifar10-T/4"]
+    cfg = PRESETS["cifar10-64x2/4"]
     tm = small_timm(seed, img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
                     embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
     ours = ViT(cfg)

@@ -30,7 +30,7 @@ from vit_demo.models import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = "cifar10-T/4"
+TINY = "cifar10-64x2/4"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ import torch
 from .checkpoint import default_weights_dir, save_model
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
 from .evaluate import model_metrics, save_confusion_png, store_metrics
-from .model import PRESETS, ViT
+from .model import PRESETS, ViT, deepen
 from .models import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
 
@@ -23,7 +23,9 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
 
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
-    p.add_argument("--preset", default="cifar10-Ti/4", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="cifar10-192x9/4", choices=sorted(PRESETS))
+    p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
+                   "weights folder (deepened to the preset's depth when it is shallower)")
     p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -77,6 +79,11 @@ def cmd_train(args) -> dict:
         val = val.subset(torch.arange(min(args.val_images, len(val))))
     torch.manual_seed(cfg.seed)
     model = ViT(model_cfg)
+    if args.init_from:
+        start, *_ = load_checkpoint(args.out or default_weights_dir(), args.init_from)
+        if replace(start.cfg, depth=model_cfg.depth) != model_cfg:
+            raise SystemExit(f"{args.init_from} is not the preset {args.preset} but for its depth")
+        model = deepen(start, model_cfg.depth)
     bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
 
     def report(p: Progress) -> None:
@@ -100,7 +107,7 @@ def cmd_train(args) -> dict:
         card = {
             "arch": "scratch-vit", "preset": args.preset, "model_config": model_cfg.to_dict(),
             "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES),
-            "params": model.num_params(),
+            "params": model.num_params(), "init_from": args.init_from,
             "recipe": {**asdict(cfg), "train_images": len(train), "val_images": len(val),
                        "augment": "random crop (reflect pad 4) + horizontal flip",
                        "optimizer": "AdamW", "schedule": "linear warm-up, cosine",

@@ -8,7 +8,7 @@ and the two can be checked against each other.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
@@ -55,13 +55,15 @@ class ViTConfig:
         return cls(**d)
 
 
-# Presets named by variant, big_vision style: "<size>/<patch>", plus the CIFAR-10 model we ship.
+# Presets named "<data set>-<width>x<depth>/<patch>"; the ImageNet shapes keep the ViT paper's
+# names ("B/16": width 768, depth 12, MLP 4x).
 PRESETS: dict[str, ViTConfig] = {
-    # The shipped CIFAR-10 model: 32x32 input, 8x8 patch grid, 1.8 M parameters.
-    "cifar10-Ti/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=2.0,
-                              drop_path=0.0),
+    # The first shipped CIFAR-10 model: 32x32 input, 8x8 patch grid, 1.8 M parameters.
+    "cifar10-192x6/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=2.0),
+    # The shipped CIFAR-10 model: the one above deepened to 9 blocks (2.7 M parameters).
+    "cifar10-192x9/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=9, heads=3, mlp_ratio=2.0),
     # A tiny model for tests and quick CPU demos.
-    "cifar10-T/4": ViTConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0),
+    "cifar10-64x2/4": ViTConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0),
     # The ImageNet shapes of the ViT paper / timm, at 224 px with a 10-class head.
     "Ti/16": ViTConfig(image_size=224, patch_size=16, dim=192, depth=12, heads=3, mlp_ratio=4.0),
     "S/16": ViTConfig(image_size=224, patch_size=16, dim=384, depth=12, heads=6, mlp_ratio=4.0),
@@ -213,6 +215,31 @@ class ViT(nn.Module):
         feats, attns = self.forward_features(x, return_attention)
         logits = self.forward_head(feats)
         return (logits, attns) if return_attention else logits
+
+
+def deepen(model: ViT, depth: int) -> ViT:
+    """A ``depth``-block ViT that computes exactly what ``model`` computes (Net2Net's deepening).
+
+    The trained blocks keep their order, spread evenly; each new block has its attention and MLP
+    output projections zeroed, so its residual branches add nothing until training moves them.
+    """
+    cfg = model.cfg
+    if depth < cfg.depth:
+        raise ValueError(f"cannot deepen a {cfg.depth}-block ViT to {depth} blocks")
+    deeper = ViT(replace(cfg, depth=depth))
+    # old block i goes to position i * depth // old depth; the positions in between are new
+    old_at = {i * depth // cfg.depth: block for i, block in enumerate(model.blocks)}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for j, block in enumerate(deeper.blocks):
+        if j in old_at:
+            block.load_state_dict(old_at[j].state_dict())
+        else:
+            for layer in (block.attn.proj, block.mlp.fc2):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+    missing = deeper.load_state_dict(state, strict=False).missing_keys
+    assert all(k.startswith("blocks.") for k in missing), missing
+    return deeper
 
 
 def convert_timm_state_dict(state_dict: dict[str, torch.Tensor], cfg: ViTConfig
