@@ -14,7 +14,7 @@ def main() -> None:
     from vit_demo.ui import build_demo, create_context, launch_kwargs
 
     ctx = create_context(download_data=os.environ.get("VIT_DEMO_DOWNLOAD_DATA") == "1")
-    build_demo(ctx).launch(**launch_kwargs())
+    build_demo(ctx).launch(**launch_kwargs(ctx))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, DataConfi
                            DataUnavailable, Split, load_cifar10)
 from vit_demo.finetune import FinetuneRequest, train_job  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
-from vit_demo.models import SCRATCH_CHECKPOINT  # noqa: E402
+from vit_demo.registry import SCRATCH_CHECKPOINT  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
 TINY_PRESET = "cifar10-64x2/4"

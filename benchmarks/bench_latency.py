@@ -64,7 +64,7 @@ def classify_end_to_end(runs: int) -> dict:
 
     from vit_demo.checkpoint import default_weights_dir, save_model
     from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
-    from vit_demo.models import SCRATCH_CHECKPOINT
+    from vit_demo.registry import SCRATCH_CHECKPOINT
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = default_weights_dir()
@@ -77,8 +77,9 @@ def classify_end_to_end(runs: int) -> dict:
                     "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)})
     image = tmp / "image.png"
     Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
-    demo = build_demo(create_context(weights, allow_hub=False))
-    url = serve_locally(demo)
+    ctx = create_context(weights, allow_hub=False)
+    demo = build_demo(ctx)
+    url = serve_locally(demo, ctx)
     client = Client(url, verbose=False)
     times = []
     try:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from vit_demo.checkpoint import save_model  # noqa: E402
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, DataUnavailable, load_cifar10  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
-from vit_demo.models import SCRATCH, SCRATCH_CHECKPOINT  # noqa: E402
+from vit_demo.registry import SCRATCH, SCRATCH_CHECKPOINT  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 N_IMAGES = 16  # distinct images cycled through the requests
@@ -98,7 +98,7 @@ def launch_app(stack: ExitStack, data_dir: str | None) -> tuple[str, str]:
         source = "tiny random cifar10-64x2/4 (no shipped checkpoint)"
     ctx = create_context(weights, data_dir, allow_hub=False)
     demo = build_demo(ctx)
-    url = serve_locally(demo)
+    url = serve_locally(demo, ctx)
     stack.callback(demo.close)
     return url, source
 

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     image = drawn_airplane(Path(tempfile.mkdtemp()) / "airplane.png")
-    demo = build_demo(create_context(allow_hub=False))
-    url = serve_locally(demo)
+    ctx = create_context(allow_hub=False)
+    demo = build_demo(ctx)
+    url = serve_locally(demo, ctx)
     args.out.mkdir(parents=True, exist_ok=True)
     shots = []
     try:

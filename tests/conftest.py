@@ -59,7 +59,7 @@ def save_tiny_scratch(weights_dir: Path, name: str, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    from vit_demo.models import SCRATCH_CHECKPOINT
+    from vit_demo.registry import SCRATCH_CHECKPOINT
 
     folder = tmp_path_factory.mktemp("weights")
     save_tiny_scratch(folder, SCRATCH_CHECKPOINT)
@@ -84,7 +84,7 @@ def app(tiny_weights, data_dir):
 
     ctx = create_context(tiny_weights, data_dir, allow_hub=True)
     demo = build_demo(ctx)
-    yield serve_locally(demo), ctx
+    yield serve_locally(demo, ctx), ctx
     demo.close()
 
 

@@ -252,7 +252,7 @@ def vitb16_app(tmp_path_factory, data_dir):
     import timm
 
     from vit_demo.checkpoint import save_model
-    from vit_demo.models import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
+    from vit_demo.registry import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     folder = tmp_path_factory.mktemp("weights-vitb16")
@@ -266,7 +266,7 @@ def vitb16_app(tmp_path_factory, data_dir):
     ctx = create_context(folder, data_dir, allow_hub=False)
     ctx.registry.get(VITB16)  # waits for the background load
     demo = build_demo(ctx)
-    yield serve_locally(demo), ctx
+    yield serve_locally(demo, ctx), ctx
     demo.close()
 
 

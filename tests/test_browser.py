@@ -32,7 +32,7 @@ from PIL import Image
 
 from conftest import save_tiny_scratch
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
-from vit_demo.models import SCRATCH_CHECKPOINT
+from vit_demo.registry import SCRATCH_CHECKPOINT
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -90,8 +90,9 @@ def finetune_app(tmp_path_factory, data_dir) -> Iterator[tuple[str, Path]]:
     save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("browser-ft-state")))
-        demo = build_demo(create_context(weights, data_dir, allow_hub=False))
-    url = serve_locally(demo)
+        ctx = create_context(weights, data_dir, allow_hub=False)
+        demo = build_demo(ctx)
+    url = serve_locally(demo, ctx)
     yield url, weights
     client = Client(url, verbose=False)  # a test that failed half-way may have left a job running
     client.predict(api_name="/finetune_stop")

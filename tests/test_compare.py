@@ -9,7 +9,7 @@ from vit_demo.checkpoint import load_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, preprocess_batch
 from vit_demo.evaluate import model_metrics, store_metrics
 from vit_demo.examples import Gallery
-from vit_demo.models import SCRATCH_CHECKPOINT, Registry
+from vit_demo.registry import SCRATCH_CHECKPOINT, Registry
 from vit_demo.ui.common import AppContext
 from vit_demo.ui.compare import compare
 

@@ -1,5 +1,6 @@
-"""The fine-tune job: request validation, the runner (resume after Stop), and the tab end to end
-through a launched app with gradio_client, on real CIFAR-10 images and a tiny scratch model.
+"""The fine-tune job: request validation, the runner (resume after Stop, stops in every
+phase, the budget, the cap), and the tab end to end through a launched app with gradio_client,
+on CIFAR-10 images and a tiny scratch model.
 
 Everything runs offline on the CPU in seconds; every wait has a deadline so that a hang fails.
 """
@@ -11,28 +12,33 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import save_tiny_scratch
 from vit_demo.checkpoint import load_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
-from vit_demo.finetune import (CANCELLED, DONE, RUNNING, STATE_DIR_ENV, FinetuneRequest,
-                               InvalidRequest, JobRunner, check_request)
+from vit_demo.finetune import job as job_module
+from vit_demo.finetune import runner as runner_module
+from vit_demo.finetune.request import FinetuneRequest, InvalidRequest
+from vit_demo.finetune.runner import CANCELLED, DONE, RUNNING, TESTING, JobRunner, NotYourJob
+from vit_demo.finetune.store import FinetuneStore
 from vit_demo.model import PRESETS
-from vit_demo.models import SCRATCH_CHECKPOINT, VITB16_CHECKPOINT, Registry, load_checkpoint
+from vit_demo.registry import SCRATCH_CHECKPOINT, Registry, load_checkpoint
+from vit_demo.settings import Settings
+from vit_demo.train import confusion_matrix
 
 JOB_TIMEOUT = 120  # seconds for any one job through the app
 FIELDS = ("base", "train_images", "epochs", "steps", "batch_size", "lr", "freeze_backbone",
-          "seed", "name", "overwrite", "val_images", "test_images")
+          "seed", "name", "val_images", "test_images")
 
 
-def form(**changes) -> list:
-    """The /finetune arguments in the form's order: a tiny scratch job unless changed."""
-    values = {"base": "scratch", "train_images": 3000, "epochs": 1, "steps": 0, "batch_size": 16,
-              "lr": 1e-3, "freeze_backbone": False, "seed": 0, "name": "ft-e2e",
-              "overwrite": False, "val_images": 200, "test_images": 200, **changes}
-    return [values[f] for f in FIELDS]
+def form(**changes) -> dict:
+    """The /finetune arguments by name: a tiny scratch job unless changed."""
+    return {"base": "scratch", "train_images": 3000, "epochs": 1, "steps": 0, "batch_size": 16,
+            "lr": 1e-3, "freeze_backbone": False, "seed": 0, "name": "ft-e2e",
+            "val_images": 200, "test_images": 200, **changes}
 
 
 def _state(outputs: tuple | list) -> dict:
@@ -42,19 +48,17 @@ def _state(outputs: tuple | list) -> dict:
 
 @pytest.fixture(scope="module")
 def ft_app(tmp_path_factory, data_dir):
-    """An app of its own (its own weights folder, job runner and resume-state folder), with the
-    tiny scratch model as the shipped checkpoint. Yields (url, weights_dir)."""
+    """An app of its own (its own weights folder, fine-tune folder and job runner), with the
+    tiny scratch model as the shipped checkpoint. Yields (url, weights_dir, context)."""
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = tmp_path_factory.mktemp("ft-weights")
     save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
-    mp = pytest.MonkeyPatch()
-    mp.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("ft-state")))
-    ctx = create_context(weights, data_dir, allow_hub=True)
+    ctx = create_context(weights, data_dir, allow_hub=True,
+                         finetune_dir=tmp_path_factory.mktemp("ft-finetuned"))
     demo = build_demo(ctx)
-    yield serve_locally(demo), weights
+    yield serve_locally(demo, ctx), weights, ctx
     demo.close()
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +69,32 @@ def ft_client(ft_app, tmp_path_factory):
 
 
 def _stop_and_wait(client: Client, timeout: float = 30) -> dict:
-    """Stop whatever runs and wait until no job is active; the final state."""
+    """Stop whatever this client runs and wait until no job is active; the final state."""
     state = _state(client.predict(api_name="/finetune_stop"))
     deadline = time.monotonic() + timeout
-    while state["status"] in ("starting", "running", "stopping", "saving"):
+    while state["status"] in ("starting", "running", "stopping", "saving", "testing"):
         assert time.monotonic() < deadline, f"the job did not end: {state}"
         time.sleep(0.2)
         state = _state(client.predict(api_name="/finetune_status"))
     return state
+
+
+def _runner(tmp_path: Path, data_dir, **settings) -> JobRunner:
+    weights = tmp_path / "weights"
+    save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
+    finetuned = tmp_path / "finetuned"
+    registry = Registry(weights, allow_hub=False, finetune_dir=finetuned)
+    settings = Settings(**settings)
+    return JobRunner(registry, FinetuneStore(finetuned, settings.keep_finetuned), data_dir,
+                     settings, state_dir=tmp_path / "state")
+
+
+def _wait_for(runner: JobRunner, condition, what: str) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not condition(runner.snapshot()):
+        state = runner.snapshot()
+        assert time.monotonic() < deadline and state.active, (what, state.status, state.error)
+        time.sleep(0.005)
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -95,13 +117,15 @@ def _stop_and_wait(client: Client, timeout: float = 30) -> dict:
     ({"name": "../evil"}, "output name '../evil' is not allowed"),
     ({"name": "a/b"}, "output name 'a/b' is not allowed"),
     ({"name": "scratch"}, "is a model key of the app"),
+    ({"name": "both"}, "is a model key of the app"),
+    ({"name": "x" * 41}, "is not allowed: use up to 40"),
     ({"base": ""}, "base must be"),
-    ({"base": "x/../y"}, "is not a checkpoint name"),
+    ({"base": "x/../y"}, "is not a model key"),
     ({"freeze_backbone": "yes"}, "freeze backbone must be true or false"),
 ])
 def test_request_refuses_invalid_fields(changes, message):
     with pytest.raises(InvalidRequest) as info:
-        FinetuneRequest(**dict(zip(FIELDS, form(**changes))))
+        FinetuneRequest(**form(**changes))
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
 
@@ -117,63 +141,137 @@ def test_request_lists_every_problem_and_accepts_integral_floats():
     assert FinetuneRequest(train_images=320, batch_size=32, epochs=2).total_steps() == 20
 
 
-def test_check_request_guards_the_weights_folder(tmp_path):
-    save_tiny_scratch(tmp_path, SCRATCH_CHECKPOINT)
-    ok = FinetuneRequest(name="new-model")
-    check_request(ok, tmp_path)
-    cases = [
-        (FinetuneRequest(name=SCRATCH_CHECKPOINT), "is the app's own model"),
-        (FinetuneRequest(base="missing", name="x"), "base 'missing' is not a scratch checkpoint"),
-        (FinetuneRequest(name=VITB16_CHECKPOINT, overwrite=True),
-         "only the 'vit-b16' base can be saved under that name"),
-        (FinetuneRequest(base="vit-b16", name=SCRATCH_CHECKPOINT, overwrite=True),
-         "a ViT-B/16 cannot be saved under that name"),
-    ]
-    for request, message in cases:
-        with pytest.raises(InvalidRequest, match="Cannot start") as info:
-            check_request(request, tmp_path)
-        assert message in str(info.value)
-    check_request(FinetuneRequest(name=SCRATCH_CHECKPOINT, overwrite=True), tmp_path)
-    empty = tmp_path / "empty"
-    with pytest.raises(InvalidRequest, match="train it first"):
-        check_request(ok, empty)
+def test_runner_check_refuses_unknown_bases_and_jobs_over_the_budget(tmp_path, data_dir):
+    runner = _runner(tmp_path, data_dir, max_job_s=600)
+    assert runner.check(FinetuneRequest()) < 600
+    with pytest.raises(InvalidRequest, match="base 'missing' is not a model of this app"):
+        runner.check(FinetuneRequest(base="missing"))
+    day = FinetuneRequest(train_images=45_000, epochs=100, batch_size=1024)
+    with pytest.raises(InvalidRequest, match=r"about [\d,]+ s here; a job may take at most 600 s"):
+        runner.check(day)
 
 
 def test_runner_stop_keeps_resume_state_and_restart_resumes(tmp_path, data_dir):
-    weights = tmp_path / "weights"
-    save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
-    runner = JobRunner(Registry(weights, allow_hub=False), data_dir, state_dir=tmp_path / "state")
+    runner = _runner(tmp_path, data_dir)
     request = FinetuneRequest(train_images=400, batch_size=16, steps=400, lr=1e-3, name="resumed",
                               val_images=0, test_images=50)
     assert request.train_config().checkpoint_every == 100
-    runner.start(request)
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while runner.snapshot().step < 110:
-        assert time.monotonic() < deadline and runner.snapshot().active, runner.snapshot()
-        time.sleep(0.01)
-    runner.stop()
+    runner.start(request, owner="me")
+    _wait_for(runner, lambda s: s.step >= 110, "step 110")
+    runner.stop(owner="me")
     state = runner.wait(timeout=30)
     assert state.status == CANCELLED, state.error
     stopped = state.step
     assert 110 <= stopped < 400
     assert list((tmp_path / "state").glob("*.safetensors")), "the resume state was not kept"
-    assert not (weights / "resumed.json").exists()
-    runner.start(request)
+    assert not list((tmp_path / "finetuned").glob("*")), "a stopped job wrote a model"
+    runner.start(request, owner="me")
     state = runner.wait(timeout=JOB_TIMEOUT)
     assert state.status == DONE, state.error
     resumed = [line for line in state.log if "resumed at step" in line]
     assert resumed and f"resumed at step {(stopped // 100) * 100}" in resumed[0]
     assert state.history[0]["step"] == (stopped // 100) * 100 + 1
     assert not list((tmp_path / "state").glob("*.safetensors")), "the resume state was not removed"
+    assert state.model_key.startswith("resumed-") and runner.registry.get(state.model_key)
     runner.join(timeout=10)
+
+
+def test_evaluation_sees_a_stop_between_batches(cifar_test):
+    class StopsAfterOneBatch(torch.nn.Module):
+        def forward(self, x):
+            cancel.set()
+            return torch.zeros(len(x), 10)
+
+    import threading
+
+    cancel = threading.Event()
+    confusion = confusion_matrix(StopsAfterOneBatch(), cifar_test.subset(torch.arange(100)),
+                                 CIFAR10_DATA_CONFIG, torch.device("cpu"), batch_size=10,
+                                 cancel=cancel)
+    assert confusion.sum() == 10
+
+
+@pytest.fixture()
+def slow_batches(monkeypatch):
+    """Evaluate 10 images a batch, so that each phase lasts long enough to be stopped in."""
+    monkeypatch.setattr(job_module, "eval_batch_size", lambda kind, device: 10)
+
+
+@pytest.mark.parametrize("phase", ["validation", "training", "test"])
+def test_stop_lands_within_a_second_in_every_phase(tmp_path, data_dir, slow_batches, phase):
+    runner = _runner(tmp_path, data_dir)
+    request = FinetuneRequest(train_images=2000, batch_size=16, epochs=5, val_images=5000,
+                              test_images=10_000, name="phases")
+    runner.start(request, owner="me")
+    if phase == "validation":  # the validation before the first step
+        _wait_for(runner, lambda s: s.status == RUNNING, "running")
+        assert not runner.snapshot().history
+    elif phase == "training":
+        _wait_for(runner, lambda s: s.step >= 5, "step 5")
+    else:
+        _wait_for(runner, lambda s: s.status == TESTING, "testing")
+    asked = time.monotonic()
+    runner.stop(owner="me")
+    state = runner.wait(timeout=30)
+    took = time.monotonic() - asked
+    assert took < 1.0, f"stopping in {phase} took {took:.2f} s"
+    if phase == "test":  # trained already: the model is kept, untested
+        assert state.status == DONE and state.metrics is None
+        assert "stopped during the test: the model is kept" in state.log[-1]
+        _, _, _, card = load_checkpoint(runner.store.folder, state.model_key)
+        assert card["metrics"] == {} and card["recipe"]["train_images"] == 2000
+    else:
+        assert state.status == CANCELLED and not list(runner.store.folder.glob("*"))
+
+
+def test_only_the_starting_session_may_stop(tmp_path, data_dir):
+    runner = _runner(tmp_path, data_dir)
+    runner.start(FinetuneRequest(train_images=2000, batch_size=16, epochs=3, name="mine"),
+                 owner="alice")
+    _wait_for(runner, lambda s: s.step >= 1, "step 1")
+    with pytest.raises(NotYourJob, match="started by another visitor"):
+        runner.stop(owner="mallory")
+    assert runner.snapshot().status == RUNNING
+    runner.stop(owner="alice")
+    assert runner.wait(timeout=30).status == CANCELLED
+
+
+def test_budget_is_enforced_while_running(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(runner_module, "estimate_s", lambda request, device, setup=True: 0.0)
+    runner = _runner(tmp_path, data_dir, max_job_s=2)
+    started = time.monotonic()
+    runner.start(FinetuneRequest(train_images=8000, batch_size=16, epochs=50, name="long"),
+                 owner="me")
+    state = runner.wait(timeout=30)
+    assert state.status == CANCELLED and time.monotonic() - started < 6
+    assert any("reached its budget of 2 s" in line for line in state.log)
+    assert "stopped at its time budget" in state.log[-1]
+
+
+def test_the_cap_holds_after_ten_jobs(tmp_path, data_dir):
+    runner = _runner(tmp_path, data_dir, keep_finetuned=3)
+    keys = []
+    for i in range(10):
+        runner.start(FinetuneRequest(train_images=16, batch_size=16, steps=1, val_images=0,
+                                     test_images=10, seed=i, name="cap"), owner="me")
+        state = runner.wait(timeout=JOB_TIMEOUT)
+        assert state.status == DONE, state.error
+        keys.append(state.model_key)
+        runner.registry.get(state.model_key)
+    assert len(set(keys)) == 10
+    assert runner.registry.finetuned() == sorted(keys[-3:])
+    assert sorted(p.name for p in runner.store.folder.iterdir()) == sorted(
+        f"{k}{suffix}" for k in keys[-3:] for suffix in (".json", ".safetensors"))
+    assert set(runner.registry._loaded) == set(keys[-3:]), "evicted models stay in memory"
+    assert any("removed the oldest fine-tuned model" in line for line in state.log)
 
 
 # -- through the app -----------------------------------------------------------------------
 
 def test_finetune_end_to_end(ft_app, ft_client, cifar_test, tmp_path):
-    _, weights = ft_app
-    shipped = (weights / f"{SCRATCH_CHECKPOINT}.safetensors").read_bytes()
-    job = ft_client.submit(*form(), api_name="/finetune")
+    _, weights, ctx = ft_app
+    shipped = {p.name: p.read_bytes() for p in weights.iterdir()}
+    job = ft_client.submit(**form(), api_name="/finetune")
     final = job.result(timeout=JOB_TIMEOUT)
     states = [_state(o) for o in job.outputs()]
     steps = [s["step"] for s in states]
@@ -182,15 +280,17 @@ def test_finetune_end_to_end(ft_app, ft_client, cifar_test, tmp_path):
     state = _state(final)
     assert state["status"] == DONE, state["error"]
     assert state["total_steps"] == 3000 // 16 == state["step"]
-    assert state["model_key"] == "ft-e2e"
+    key = state["model_key"]
+    assert key.startswith("ft-e2e-") and len(key) == len("ft-e2e-") + 6
     assert 0.0 <= state["metrics"]["test_accuracy"] <= 1.0
     assert state["metrics"]["test_images"] == 200
     assert any(s["status"] == RUNNING and s["eta_s"] is not None and s["images_per_s"] > 0
                for s in states)
+    assert "owner" not in state
 
-    # Checkpoint and card, loadable as the registry loads them.
-    assert Path(state["checkpoint"]) == (weights / "ft-e2e.safetensors").resolve()
-    card = load_card(weights, "ft-e2e")
+    # Checkpoint and card in the fine-tune folder, loadable as the registry loads them.
+    folder = ctx.store.folder
+    card = load_card(folder, key)
     assert card["arch"] == "scratch-vit"
     assert card["model_config"] == PRESETS["cifar10-64x2/4"].to_dict()
     assert card["data_config"] == CIFAR10_DATA_CONFIG.to_dict()
@@ -199,31 +299,31 @@ def test_finetune_end_to_end(ft_app, ft_client, cifar_test, tmp_path):
     assert card["recipe"]["train_images"] == 3000 and card["recipe"]["batch_size"] == 16
     assert card["metrics"]["test"]["accuracy"] == state["metrics"]["test_accuracy"]
     assert card["date"] and card["training"]["device"] == "CPU"
-    load_checkpoint(weights, "ft-e2e")
-    assert not [p.name for p in weights.iterdir() if p.name.startswith(".")], "temporary files left"
+    load_checkpoint(folder, key)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left"
 
-    # The download: the files the app served are the ones in the weights folder.
+    # The download: the files the app served are the ones it wrote.
     served = {Path(p).name: Path(p) for p in final[4]}
-    assert served["ft-e2e.safetensors"].read_bytes() == (weights / "ft-e2e.safetensors").read_bytes()
-    assert json.loads(served["ft-e2e.json"].read_text())["name"] == "ft-e2e"
+    assert served[f"{key}.safetensors"].read_bytes() == (folder / f"{key}.safetensors").read_bytes()
+    assert json.loads(served[f"{key}.json"].read_text())["name"] == key
 
-    # The new model is selectable at once in the Classify tab.
+    # The new model is selectable at once in the Classify tab; the shipped files are untouched.
     png = tmp_path / "img.png"
     Image.fromarray(cifar_test.x[0].numpy()).save(png)
-    left, right, notes = ft_client.predict(handle_file(str(png)), "ft-e2e", api_name="/classify")
-    assert left["label"] in CLASSES and not right and "ft-e2e" in notes
-    assert (weights / f"{SCRATCH_CHECKPOINT}.safetensors").read_bytes() == shipped
+    left, right, notes = ft_client.predict(handle_file(str(png)), key, api_name="/classify")
+    assert left["label"] in CLASSES and not right and key in notes
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == shipped
 
     # A page load (or any client) sees the finished job.
     assert _state(ft_client.predict(api_name="/finetune_status"))["status"] == DONE
 
 
-def test_stop_refuses_second_start_and_keeps_previous_weights(ft_app, ft_client):
-    _, weights = ft_app
-    save_tiny_scratch(weights, "ft-prev", seed=1)
-    before = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
-    job = ft_client.submit(*form(name="ft-prev", overwrite=True, train_images=8000, epochs=20),
+def test_second_start_is_refused_and_other_sessions_cannot_stop(ft_app, ft_client):
+    _, weights, ctx = ft_app
+    before = {p.name: p.read_bytes() for p in weights.iterdir()}
+    job = ft_client.submit(**form(name="ft-prev", train_images=8000, epochs=20),
                            api_name="/finetune")
+    other = Client(ft_app[0], verbose=False)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
         while not (job.outputs() and _state(job.outputs()[-1])["step"] >= 3):
@@ -231,9 +331,11 @@ def test_stop_refuses_second_start_and_keeps_previous_weights(ft_app, ft_client)
             time.sleep(0.1)
 
         with pytest.raises(Exception, match="already running") as info:
-            ft_client.predict(*form(name="another"), api_name="/finetune")
+            other.predict(**form(name="another"), api_name="/finetune")
         assert "stop it" in str(info.value)
-        status = _state(ft_client.predict(api_name="/finetune_status"))
+        with pytest.raises(Exception, match="started by another visitor"):
+            other.predict(api_name="/finetune_stop")
+        status = _state(other.predict(api_name="/finetune_status"))
         assert status["status"] == RUNNING and status["request"]["name"] == "ft-prev"
 
         stop_at = time.monotonic()
@@ -243,39 +345,48 @@ def test_stop_refuses_second_start_and_keeps_previous_weights(ft_app, ft_client)
         took = time.monotonic() - stop_at
     finally:
         state = _stop_and_wait(ft_client)
+        other.close()
     assert final["status"] == CANCELLED == state["status"]
     assert took < 5, f"stopping took {took:.1f} s"
-    assert final["step"] < final["total_steps"] and final["checkpoint"] is None
-    assert "nothing was written" in final["log"][-1]
-    after = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
-    assert after == before, "the weights folder changed"
+    assert final["step"] < final["total_steps"] and final["model_key"] is None
+    assert "no model was written" in final["log"][-1]
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == before
 
 
 def test_invalid_fields_are_refused_with_clear_messages(ft_app, ft_client):
     cases = [
         (form(train_images=-5), "train images must be from 1"),
+        (form(train_images="many"), "Training images must be a number (got 'many')"),
         (form(lr=0), "learning rate must be in (0, 0.1]"),
         (form(name="../../etc/x"), "is not allowed"),
+        (form(name="vit-b16"), "is a model key of the app"),
         (form(batch_size=500, train_images=100), "batch size (500) is larger"),
-        (form(base="nope"), "base 'nope' is not a scratch checkpoint"),
-        (form(name=SCRATCH_CHECKPOINT), "is the app's own model"),
+        (form(base="nope"), "base 'nope' is not a model of this app"),
+        (form(train_images=45_000, epochs=100, batch_size=1024), "a job may take at most 600 s"),
     ]
     for args, message in cases:
         with pytest.raises(Exception) as info:
-            ft_client.predict(*args, api_name="/finetune")
+            ft_client.predict(**args, api_name="/finetune")
         assert message in str(info.value), str(info.value)
     assert _state(ft_client.predict(api_name="/finetune_status"))["status"] != RUNNING
 
 
+def test_optional_parameters_take_the_form_defaults(ft_app, ft_client):
+    params = {p["parameter_name"]: p for p in
+              ft_client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/finetune"]["parameters"]}
+    assert list(params) == list(FIELDS)
+    assert all(p["parameter_has_default"] for p in params.values())
+
+
 def test_vit_b16_base_offline_fails_clearly(ft_app, ft_client):
-    _, weights = ft_app
     args = form(base="vit-b16", name="vit-b16-offline", train_images=32, batch_size=16,
                 freeze_backbone=True, val_images=0, test_images=10)
     with pytest.raises(Exception) as info:
-        ft_client.submit(*args, api_name="/finetune").result(timeout=JOB_TIMEOUT)
+        ft_client.submit(**args, api_name="/finetune").result(timeout=JOB_TIMEOUT)
     text = str(info.value)
     assert "ViT-B/16 base is unavailable" in text and "HF_HUB_OFFLINE=1" in text, text
     assert "network access" in text
     state = _state(ft_client.predict(api_name="/finetune_status"))
     assert state["status"] == "failed" and "pretrained weights" in state["error"]
-    assert not (weights / "vit-b16-offline.json").exists()
+    assert not list(ft_app[2].store.folder.glob("vit-b16-offline*"))

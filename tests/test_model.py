@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from vit_demo.checkpoint import CheckpointError, load_model_tensors, save_model
 from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, deepen
-from vit_demo.models import Registry, load_checkpoint
+from vit_demo.registry import Registry, load_checkpoint
 
 
 def timm_twin(cfg: ViTConfig) -> VisionTransformer:

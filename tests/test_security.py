@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import save_tiny_scratch
 from vit_demo.checkpoint import (CheckpointError, load_model_tensors, load_tensors, model_path,
                                  sha256)
-from vit_demo.models import SCRATCH_CHECKPOINT, ModelUnavailable, Registry
+from vit_demo.registry import SCRATCH_CHECKPOINT, ModelUnavailable, Registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,8 +126,9 @@ def served_app(tmp_path_factory, data_dir):
     (weights / f".{SCRATCH_CHECKPOINT}.safetensors.k2j4.tmp").write_bytes(b"half-written")
     (weights / "operator-notes.txt").write_text("not for the public\n")
     (weights / "passwd.json").symlink_to("/etc/passwd")
-    demo = build_demo(create_context(weights, data_dir, allow_hub=False))
-    yield serve_locally(demo), weights
+    ctx = create_context(weights, data_dir, allow_hub=False)
+    demo = build_demo(ctx)
+    yield serve_locally(demo, ctx), weights
     demo.close()
 
 

@@ -9,7 +9,7 @@ import torch
 
 from vit_demo.checkpoint import default_weights_dir
 from vit_demo.data import preprocess_batch
-from vit_demo.models import SCRATCH_CHECKPOINT, load_checkpoint
+from vit_demo.registry import SCRATCH_CHECKPOINT, load_checkpoint
 
 SUBSET = 1000  # the first 1,000 test images
 

@@ -26,7 +26,7 @@ from vit_demo.cli import main
 from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, preprocess_batch,
                            random_crop_flip, train_val_split)
 from vit_demo.model import PRESETS, ViT, ViTConfig
-from vit_demo.models import load_checkpoint
+from vit_demo.registry import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
 
 REPO = Path(__file__).resolve().parent.parent

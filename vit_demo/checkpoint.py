@@ -96,10 +96,18 @@ def save_model(weights_dir: Path, name: str, state_dict: dict[str, torch.Tensor]
     if not overwrite and (tensors_path.exists() or card_path.exists()):
         raise CheckpointError(f"checkpoint {name!r} exists; choose another name or allow overwriting")
     save_tensors(tensors_path, state_dict)
+    return save_model_card(weights_dir, name, card)
+
+
+def save_model_card(weights_dir: Path, name: str, card: dict) -> Path:
+    """Write ``name.json`` for the tensors file already at ``name.safetensors``, vouching for it
+    with its digest; the pair is complete from then on. The tensors file's path."""
+    tensors_path = model_path(weights_dir, name, ".safetensors")
+    with safe_open(str(tensors_path), framework="pt") as f:
+        count = len(list(f.keys()))
     card = {**card, "name": name,
-            "tensors": {"file": tensors_path.name, "sha256": sha256(tensors_path),
-                        "count": len(state_dict)}}
-    _write_json(card_path, card)
+            "tensors": {"file": tensors_path.name, "sha256": sha256(tensors_path), "count": count}}
+    _write_json(model_path(weights_dir, name, ".json"), card)
     return tensors_path
 
 

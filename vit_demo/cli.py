@@ -15,7 +15,7 @@ from .checkpoint import default_weights_dir, save_model
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
 from .evaluate import model_metrics, save_confusion_png, store_metrics
 from .model import PRESETS, ViT, deepen
-from .models import load_checkpoint
+from .registry import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checkpoint import CheckpointError, load_card
-from .models import READY, UNAVAILABLE, Registry
+from .registry import READY, UNAVAILABLE, Registry
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,27 @@ def load_cifar10(split: str, data_dir: str | os.PathLike | None = None,
         from torchvision.datasets import CIFAR10
         dataset = CIFAR10(str(tv_root), train=split == "train", download=download)
     except Exception as exc:  # no archive, no network, bad checksum: all say the same to a user
-        raise DataUnavailable(
-            f"CIFAR-10 ({split}) is not available: no cifar10_{split}.npz in "
-            f"{root if root is not None else f'${DATA_DIR_ENV} (unset)'}, and torchvision's archive "
-            f"in {tv_root} could not be {'downloaded' if download else 'found'} ({exc}). Set "
-            f"{DATA_DIR_ENV} to a folder with the arrays, or run once with network access."
-        ) from exc
+        raise DataUnavailable(_unavailable(split, root, download)) from exc
     return _checked(torch.from_numpy(dataset.data), torch.tensor(dataset.targets), tv_root)
+
+
+def _unavailable(split: str, root: Path | None, download: bool) -> str:
+    """Why ``split`` cannot be had, and how to get it; names no server path."""
+    where = "the data directory" if root is not None else f"${DATA_DIR_ENV} (unset)"
+    return (f"CIFAR-10 ({split}) is not available: no cifar10_{split}.npz in {where}, and "
+            f"torchvision's CIFAR-10 archive could not be {'downloaded' if download else 'found'}. "
+            f"Set {DATA_DIR_ENV} to a folder with the arrays, or run once with network access.")
+
+
+def data_problem(split: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Empty when ``split`` is on this machine (arrays or torchvision's archive), else why not;
+    a cheap check that reads no data."""
+    root = resolve_data_dir(data_dir)
+    if root is not None and (root / f"cifar10_{split}.npz").is_file():
+        return ""
+    if ((root if root is not None else download_root()) / "cifar-10-batches-py").is_dir():
+        return ""
+    return _unavailable(split, root, download=False)
 
 
 def _checked(x: torch.Tensor, y: torch.Tensor, where) -> Split:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data import DataConfig
-from .models import LoadedModel
+from .registry import LoadedModel
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
 MAX_PIXELS = 25_000_000  # decompression-bomb limit (width * height), e.g. 6000 x 4000
@@ -25,6 +26,14 @@ MAX_PIXELS = 25_000_000  # decompression-bomb limit (width * height), e.g. 6000 
 # other Pillow formats (EPS runs Ghostscript, PSD, FITS, ...) are never even identified.
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 _UNREADABLE = "the file is not an image format the app can read (PNG, JPEG, GIF, WebP, BMP, TIFF)"
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow refuse, from the header and before decoding, any image over ``max_pixels``
+    wherever it is opened in this process (Gradio decodes images sent inline in the API's
+    JSON before any handler runs). Pillow raises above twice its limit and warns above it."""
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class BadImage(ValueError):

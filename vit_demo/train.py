@@ -41,6 +41,7 @@ class TrainConfig:
     eval_every: int = 1  # validate every this many epochs (and at the end)
     checkpoint_every: int = 200  # steps between resume-state writes
     compile: bool = False  # torch.compile (CUDA only; slower than eager on a small CPU)
+    eval_batch_size: int = 500  # validation batch; a stop is seen between batches
     freeze_backbone: bool = False  # train the classifier head only
 
     @classmethod
@@ -73,7 +74,7 @@ class TrainResult:
 
 # Settings that change when or how a run reports, not what it computes: a run may resume
 # with other values of these.
-_NOT_IN_THE_MATHS = {"max_steps", "checkpoint_every", "eval_every", "compile"}
+_NOT_IN_THE_MATHS = {"max_steps", "checkpoint_every", "eval_every", "compile", "eval_batch_size"}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -88,22 +89,40 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, data_cfg: DataConfig, device: torch.device,
-             batch_size: int = 500, num_classes: int = 10) -> dict:
-    """Accuracy, per-class accuracy and the confusion matrix (rows: true, columns: predicted)."""
+def confusion_matrix(model: nn.Module, data: Split, data_cfg: DataConfig, device: torch.device,
+                     batch_size: int = 500, num_classes: int = 10,
+                     cancel: threading.Event | None = None) -> torch.Tensor:
+    """(classes, classes) counts, rows true and columns predicted; a set ``cancel`` ends it
+    after the current batch (the counts then cover the batches done)."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, len(data), batch_size):
+        if cancel is not None and cancel.is_set():
+            break
         x = preprocess_batch(data.x[i:i + batch_size].to(device), data_cfg)
         with _autocast(device):
             pred = model(x).argmax(dim=-1).cpu()
         confusion += torch.bincount(data.y[i:i + batch_size] * num_classes + pred,
                                     minlength=num_classes ** 2).view(num_classes, num_classes)
     model.train(was_training)
+    return confusion
+
+
+def accuracy_metrics(confusion: torch.Tensor) -> dict:
+    """Accuracy, per-class accuracy, the confusion matrix and the image count."""
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
-    return {"accuracy": confusion.diag().sum().item() / max(1, len(data)),
-            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "images": len(data)}
+    images = int(confusion.sum())
+    return {"accuracy": confusion.diag().sum().item() / max(1, images),
+            "per_class_accuracy": per_class, "confusion": confusion.tolist(), "images": images}
+
+
+def evaluate(model: nn.Module, data: Split, data_cfg: DataConfig, device: torch.device,
+             batch_size: int = 500, num_classes: int = 10,
+             cancel: threading.Event | None = None) -> dict:
+    """``accuracy_metrics`` of ``model`` on ``data`` (see ``confusion_matrix``)."""
+    return accuracy_metrics(confusion_matrix(model, data, data_cfg, device, batch_size,
+                                             num_classes, cancel))
 
 
 def _autocast(device: torch.device):
@@ -124,7 +143,8 @@ class Trainer:
     ``state_path``: a safetensors file holding model, optimizer and step, rewritten
     atomically every ``cfg.checkpoint_every`` steps and at the end; an existing one is resumed.
     ``callback(progress)``: called on rank 0 after every step. ``cancel``: checked before
-    every step; a set event ends the run after the current step without writing state.
+    every step and between validation batches; a set event ends the run there without
+    writing state.
     """
 
     def __init__(self, model: nn.Module, data_cfg: DataConfig, train: Split, cfg: TrainConfig,
@@ -251,7 +271,11 @@ class Trainer:
             at_end = self.step == self.end_step
             if self.val is not None and (at_end or (epoch_end and (self.step // self.steps_per_epoch)
                                                     % cfg.eval_every == 0)):
-                val_acc = evaluate(self.model, self.val, self.data_cfg, self.device)["accuracy"]
+                val_acc = evaluate(self.model, self.val, self.data_cfg, self.device,
+                                   cfg.eval_batch_size, cancel=self.cancel)["accuracy"]
+                if self.cancel.is_set():
+                    cancelled = True
+                    break
                 self.net.train()
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                      "val_accuracy": val_acc,

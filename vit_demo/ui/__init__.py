@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import gradio as gr
 
 from ..examples import build_gallery
-from ..models import SCRATCH, VITB16, Registry
+from ..registry import SCRATCH, VITB16, Registry
 from . import attention, classify, compare, finetune
+from ..finetune.store import FinetuneStore
+from ..inference import set_pixel_limit
+from ..settings import Settings
 from .common import AppContext, model_status, status_markdown
 
-QUEUE_MAX_SIZE = 64  # requests waiting beyond this are refused at once ("queue full")
-MAX_FILE_SIZE = "20mb"  # uploads above this are refused by the server before any handler runs
+FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
 
 
 def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
-                   allow_hub: bool = True, download_data: bool = False) -> AppContext:
+                   allow_hub: bool = True, download_data: bool = False,
+                   settings: Settings | None = None, finetune_dir: Path | None = None) -> AppContext:
     """Registry with the scratch model loaded (so the first request is fast) and ViT-B/16
     loading in the background; the example gallery from the local CIFAR-10 copy (downloaded
-    first when ``download_data``)."""
-    registry = Registry(weights_dir, allow_hub=allow_hub)
+    first when ``download_data``); the fine-tune store; Pillow's pixel limit."""
+    settings = settings or Settings.from_env()
+    set_pixel_limit(settings.max_pixels)
+    finetune_dir = Path(finetune_dir or os.environ.get(FINETUNE_DIR_ENV)
+                        or tempfile.mkdtemp(prefix="vit-demo-finetuned-"))
+    registry = Registry(weights_dir, allow_hub=allow_hub, finetune_dir=finetune_dir)
     registry.load_in_background(VITB16)
     registry.load_in_background(SCRATCH).join()
-    return AppContext(registry, build_gallery(data_dir, download=download_data), data_dir)
+    return AppContext(registry, build_gallery(data_dir, download=download_data),
+                      FinetuneStore(finetune_dir, settings.keep_finetuned), settings, data_dir)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -48,21 +58,22 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         timer = gr.Timer(3.0)
         timer.tick(lambda: status_markdown(ctx.registry), outputs=[status], api_visibility="private",
                    queue=False)
-    demo.queue(max_size=QUEUE_MAX_SIZE)
+    demo.queue(max_size=ctx.settings.queue_size)
     return demo
 
 
-def launch_kwargs() -> dict:
-    """``launch()`` settings. No ``allowed_paths``: the page serves uploads, the examples and
-    the fine-tune tab's download copies from the temp dir, never the weights folder."""
-    return {"max_file_size": MAX_FILE_SIZE}
+def launch_kwargs(ctx: AppContext) -> dict:
+    """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
+    (``allowed_paths``: their folder), never the shipped weights folder."""
+    return {"max_file_size": f"{ctx.settings.max_file_mb}mb",
+            "allowed_paths": [str(ctx.store.folder.resolve())]}
 
 
-def serve_locally(demo: gr.Blocks) -> str:
+def serve_locally(demo: gr.Blocks, ctx: AppContext) -> str:
     """Launch ``demo`` on a free loopback port without blocking (tests, benchmarks); its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs())
+                **launch_kwargs(ctx))
     return f"http://127.0.0.1:{port}/"

@@ -15,7 +15,7 @@ from PIL import Image
 from ..attention import METHODS, explain
 from ..data import CLASSES
 from ..inference import preprocess
-from ..models import LoadedModel, ModelUnavailable
+from ..registry import LoadedModel, ModelUnavailable
 from ..overlay import COLORMAPS, model_view, overlay, value_grid
 from ..rollout import HEAD_FUSIONS
 from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,

@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..data import CLASSES
 from ..inference import predict
-from ..models import ModelUnavailable
+from ..registry import ModelUnavailable
 from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
                      read_image)
 

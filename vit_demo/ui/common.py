@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -9,8 +11,10 @@ import gradio as gr
 from gradio.data_classes import ImageData
 
 from ..examples import Gallery
+from ..finetune.store import FinetuneStore
+from ..settings import Settings
 from ..inference import BadImage, open_image
-from ..models import READY, SCRATCH, VITB16, LoadedModel, ModelUnavailable, Registry
+from ..registry import READY, SCRATCH, VITB16, LoadedModel, ModelUnavailable, Registry
 
 BOTH = "both"  # model choice: scratch and ViT-B/16 side by side
 # /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
@@ -22,7 +26,18 @@ INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
 class AppContext:
     registry: Registry
     gallery: Gallery
+    store: FinetuneStore
+    settings: Settings
     data_dir: str | None = None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """The core's ``ValueError`` (a request the person must change) as a ``gr.Error``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
 
 
 class ImageUpload(gr.Image):

@@ -12,30 +12,40 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
-from dataclasses import fields
+from dataclasses import dataclass
 from functools import partial
 
 import gradio as gr
 import pandas as pd
 
-from ..finetune import (DONE, FAILED, FinetuneError, FinetuneRequest, JobRunner, JobState,
-                        base_choices, default_request)
-from ..models import SCRATCH, VITB16
-from .common import AppContext
+from ..data import data_problem
+from ..finetune.job import base_timm_name
+from ..finetune.policy import estimate_s
+from ..finetune.request import FinetuneRequest, default_request
+from ..finetune.runner import DONE, FAILED, JobRunner, JobState
+from ..registry import SCRATCH, VITB16, ModelKind
+from .common import AppContext, user_errors
 
-_DOWNLOADS = Path(tempfile.mkdtemp(prefix="vit-demo-downloads-"))
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
 LOSS_COLORS = {"train loss": "#2563eb"}
 ACCURACY_COLORS = {"train accuracy": "#2563eb", "validation accuracy": "#ea580c"}
-FORM_FIELDS = [f.name for f in fields(FinetuneRequest)]
 Outputs = tuple[str, pd.DataFrame | None, pd.DataFrame | None, str, list[str] | None, dict]
+
+
+class NumberField(gr.Number):
+    """``gr.Number`` that answers a value of the wrong type (from the API) with a clear message
+    instead of an empty error."""
+
+    def get_block_name(self) -> str:
+        return "number"
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (TypeError, ValueError) as exc:
+            raise gr.Error(f"{self.label} must be a number (got {payload!r}).") from exc
 
 
 def _duration(seconds: float | None) -> str:
@@ -94,99 +104,120 @@ def plot_frames(state: JobState) -> tuple[pd.DataFrame, pd.DataFrame]:
                  for rows in (loss, acc))
 
 
-def view(state: JobState) -> Outputs:
+def view(state: JobState, runner: JobRunner) -> Outputs:
     """The tab's outputs for ``state``."""
     # No frame before the first step: the plot keeps the axis types and the series of its
     # first frame, which therefore holds the starting validation accuracy and a training row.
     trained = bool(state.history) and "train_loss" in state.history[-1]
     loss, acc = plot_frames(state) if trained else (None, None)
     return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]),
-            download_copies(state), state.summary())
+            _downloads(state, runner), state.summary())
 
 
-def download_copies(state: JobState) -> list[str] | None:
-    """The finished job's checkpoint and card, copied once into a temporary folder for the
-    download button: Gradio serves files from there, never from the weights folder."""
-    if state.status != DONE:
+def _downloads(state: JobState, runner: JobRunner) -> list[str] | None:
+    """The finished job's checkpoint and card while the store still holds them (Gradio serves
+    a copy from its cache, which it empties every hour)."""
+    if state.status != DONE or not state.model_key:
         return None
-    folder = _DOWNLOADS / f"job-{state.id}"
-    copies = []
-    for src in (state.checkpoint, state.card):
-        if not src or not Path(src).is_file():
-            continue
-        dst = folder / Path(src).name
-        if not dst.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{dst.name}.{threading.get_ident()}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        copies.append(str(dst))
-    return copies or None
+    paths = [runner.store.tensors_path(state.model_key),
+             runner.store.tensors_path(state.model_key).with_suffix(".json")]
+    return [str(p) for p in paths if p.is_file()] or None
 
 
-async def start(runner: JobRunner, *values) -> AsyncIterator[Outputs]:
-    """Start a job from the form values and stream its state until it ends."""
-    try:
-        request = FinetuneRequest(**dict(zip(FORM_FIELDS, values)))
-        state = runner.start(request)
-    except FinetuneError as exc:
-        raise gr.Error(str(exc)) from exc
-    async for state in runner.updates(state.id):
-        yield view(state)
-    if state.status == FAILED:
-        raise gr.Error(f"The fine-tune failed: {state.error}")
+@dataclass(frozen=True)
+class Handlers:
+    """The tab's event handlers over the server's one ``JobRunner`` (bound methods, so that
+    Gradio sees their parameter names and hands them the ``gr.Request``)."""
+    runner: JobRunner
 
+    async def start(self, base: str, train_images: float, epochs: float, steps: float,
+                    batch_size: float, lr: float, freeze_backbone: bool, seed: float, name: str,
+                    val_images: float, test_images: float, request: gr.Request
+                    ) -> AsyncIterator[Outputs]:
+        """Start a job and stream its state until it ends. ``name`` labels the new model; its
+        key is the label plus a suffix the server chooses."""
+        with user_errors():
+            state = self.runner.start(FinetuneRequest(
+                base=base, train_images=train_images, epochs=epochs, steps=steps,
+                batch_size=batch_size, lr=lr, freeze_backbone=freeze_backbone, seed=seed,
+                name=name, val_images=val_images, test_images=test_images),
+                owner=request.session_hash or "")
+        async for state in self.runner.updates(state.id):
+            yield view(state, self.runner)
+        if state.status == FAILED:
+            raise gr.Error(f"The fine-tune failed: {state.error}")
 
-async def follow(runner: JobRunner) -> AsyncIterator[Outputs]:
-    """The current job's state, streamed while it is active (one update when it is not)."""
-    async for state in runner.updates():
-        yield view(state)
+    async def follow(self) -> AsyncIterator[Outputs]:
+        """The current job's state, streamed while it is active (one update when it is not)."""
+        async for state in self.runner.updates():
+            yield view(state, self.runner)
 
+    def stop(self, request: gr.Request) -> Outputs:
+        """Stop the running job, if this session started it; the state then."""
+        with user_errors():
+            state = self.runner.stop(owner=request.session_hash or "")
+        if not state.active:
+            gr.Warning("No fine-tuning job is running.")
+        return view(state, self.runner)
 
-def stop(runner: JobRunner) -> Outputs:
-    """Ask the running job to stop after its current step; the state then."""
-    state = runner.stop()
-    if not state.active:
-        gr.Warning("No fine-tuning job is running.")
-    return view(state)
+    def status(self) -> Outputs:
+        """The job's state now."""
+        return view(self.runner.snapshot(), self.runner)
 
 
 def form_defaults(base: str, device: str) -> list:
-    """New form values (all but seed and overwrite) when the base model changes."""
+    """New form values (all but seed) when the base model changes."""
     d = default_request(base, device)
     return [d.train_images, d.epochs, 0, d.batch_size, d.lr, d.freeze_backbone, d.name,
             d.val_images, d.test_images]
 
 
+def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, key) pairs for the base-model dropdown: ViT-B/16, then every scratch ViT."""
+    pairs = [(f"ViT-B/16, ImageNet-21k pretrained (timm {base_timm_name()})", VITB16)]
+    return pairs + [(ctx.registry.label(k), k) for k in ctx.registry.keys()
+                    if k != VITB16 and ctx.registry.kind(k) is ModelKind.SCRATCH]
+
+
+def readiness(ctx: AppContext, device: str) -> str:
+    """What stops a job before it starts, and what to do; empty when nothing does."""
+    problems = [p for p in (data_problem("train", ctx.data_dir), data_problem("test", ctx.data_dir)) if p]
+    if device != "cuda":
+        problems.append("no GPU: jobs run on the CPU, so keep them small (the defaults take "
+                        f"about {estimate_s(default_request(SCRATCH, device), device):.0f} s)")
+    return "\n".join(f"- {p}" for p in problems)
+
+
 def build_tab(ctx: AppContext) -> JobRunner:
     """The tab; returns its runner (one per app, holding the server's job)."""
-    runner = JobRunner(ctx.registry, ctx.data_dir)
+    runner = JobRunner(ctx.registry, ctx.store, ctx.data_dir, ctx.settings)
     d = default_request(VITB16 if runner.device == "cuda" else SCRATCH, runner.device)
     gr.Markdown(
         "Fine-tune a model on CIFAR-10 here: timm's ViT-B/16 (ImageNet-21k pretrained) or the "
-        "scratch ViT. The job runs on the server, one at a time for everyone; this page (or any "
-        "other) shows it while it runs. At the end the model is tested on held-out CIFAR-10 test "
-        "images, saved in the weights folder under the output name, and selectable in the other "
-        "tabs at once.")
+        "scratch ViT. The job runs on the server, one at a time for everyone; every page shows "
+        "it while it runs, and only yours can stop it. At the end the model is tested on "
+        "held-out CIFAR-10 test images and selectable in the other tabs at once, under its "
+        f"name plus a suffix; this server keeps the {ctx.settings.keep_finetuned} newest.")
+    missing = readiness(ctx, runner.device)
+    if missing:
+        gr.Markdown("**Before you start:**\n" + missing)
+    number = partial(NumberField, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
-            base = gr.Dropdown(base_choices(runner.weights_dir), value=d.base, label="Base model",
-                               allow_custom_value=True)
+            base = gr.Dropdown(base_choices(ctx), value=d.base, label="Base model")
             with gr.Row():
-                train_images = gr.Number(d.train_images, label="Training images", precision=None)
-                epochs = gr.Number(d.epochs, label="Epochs", precision=None)
-                steps = gr.Number(0, label="Steps (0: use epochs)", precision=None)
+                train_images = number(d.train_images, label="Training images")
+                epochs = number(d.epochs, label="Epochs")
+                steps = number(0, label="Steps (0: use epochs)")
             with gr.Row():
-                batch_size = gr.Number(d.batch_size, label="Batch size", precision=None)
-                lr = gr.Number(d.lr, label="Learning rate", precision=None)
-                seed = gr.Number(d.seed, label="Seed", precision=None)
+                batch_size = number(d.batch_size, label="Batch size")
+                lr = number(d.lr, label="Learning rate")
+                seed = number(d.seed, label="Seed")
             with gr.Row():
-                val_images = gr.Number(d.val_images, label="Validation images (0: none)",
-                                       precision=None)
-                test_images = gr.Number(d.test_images, label="Test images", precision=None)
+                val_images = number(d.val_images, label="Validation images (0: none)")
+                test_images = number(d.test_images, label="Test images")
             freeze = gr.Checkbox(d.freeze_backbone, label="Freeze the backbone (train the head only)")
-            name = gr.Textbox(d.name, label="Output name (checkpoint in weights/)")
-            overwrite = gr.Checkbox(False, label="Overwrite a checkpoint of that name")
+            name = gr.Textbox(d.name, label="Name of the new model (the server adds a suffix)")
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary")
                 stop_btn = gr.Button("Stop", variant="stop")
@@ -194,32 +225,33 @@ def build_tab(ctx: AppContext) -> JobRunner:
         with gr.Column(scale=1):
             progress = gr.HTML(progress_html(runner.snapshot()))
             loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Training loss",
+                                    x_title="optimizer step", y_title="loss",
                                     color_map=LOSS_COLORS, height=220)
             acc_plot = gr.LinePlot(x="step", y="value", color="series", title="Accuracy",
+                                   x_title="optimizer step", y_title="accuracy",
                                    color_map=ACCURACY_COLORS, height=220)
             log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False)
             files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False)
             with gr.Accordion("Job state (JSON)", open=False):
                 state_json = gr.JSON()
-    inputs = [base, train_images, epochs, steps, batch_size, lr, freeze, seed, name, overwrite,
-              val_images, test_images]
-    assert len(inputs) == len(FORM_FIELDS)
+    inputs = [base, train_images, epochs, steps, batch_size, lr, freeze, seed, name, val_images,
+              test_images]
     outputs = [progress, loss_plot, acc_plot, log, files, state_json]
-    started = start_btn.click(partial(start, runner), inputs=inputs,
-                              outputs=outputs, api_name="finetune", concurrency_limit=None,
-                              show_progress="hidden")
-    started.failure(partial(follow, runner), outputs=outputs,
+    handlers = Handlers(runner)
+    started = start_btn.click(handlers.start, inputs=inputs, outputs=outputs, api_name="finetune",
+                              concurrency_limit=None, show_progress="hidden")
+    started.failure(handlers.follow, outputs=outputs,
                     api_visibility="private", concurrency_limit=None, show_progress="hidden")
-    stop_btn.click(lambda: stop(runner), outputs=outputs, api_name="finetune_stop",
+    stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop",
                    concurrency_limit=None, show_progress="hidden")
-    refresh_btn.click(lambda: view(runner.snapshot()), outputs=outputs, api_name="finetune_status",
+    refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status",
                       concurrency_limit=None, show_progress="hidden")
-    gr.on(triggers=None, fn=partial(follow, runner), outputs=outputs,
+    gr.on(triggers=None, fn=handlers.follow, outputs=outputs,
           api_visibility="private", concurrency_limit=None, show_progress="hidden")
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
                outputs=[train_images, epochs, steps, batch_size, lr, freeze, name, val_images,
                         test_images], api_visibility="private", queue=False)
-    base.focus(lambda: gr.Dropdown(choices=base_choices(runner.weights_dir)), outputs=[base],
+    base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
     return runner

@@ -1,12 +1,13 @@
 """The model registry: what each model is, where its weights come from, and whether it is ready.
 
-Two kinds of model:
-- ``scratch``: our ``ViT`` from a checkpoint in ``weights/`` (the shipped one, or a fine-tune).
-- ``timm``: timm's ``vit_base_patch16_224`` with a 10-class head, from a checkpoint in
-  ``weights/`` when there is one (the fine-tune tab writes them), else from the Hugging Face hub
-  through timm (``VIT_DEMO_VITB16_HUB`` overrides the default hub name). The hub download runs
-  in a background thread, so the app starts without it; offline it becomes "unavailable" with
-  the reason and the way to get it.
+A model's key is its identity everywhere: ``scratch`` and ``vit-b16`` are the app's own
+models, read-only, from the shipped ``weights/`` folder (ViT-B/16 from the Hugging Face hub
+when weights/ has no ``vit-b16-cifar10``); every other key is a fine-tuned checkpoint's name in
+the fine-tune folder. Two kinds of model (``ModelKind``):
+- ``scratch``: our ``ViT``;
+- ``timm``: timm's ``vit_base_patch16_224`` with a 10-class head.
+The hub download runs in a background thread, so the app starts without it; offline it becomes
+"unavailable" with the reason and the way to get it.
 
 Every model loads once per process; a loaded model is in eval mode and only read afterwards,
 so concurrent requests can share it.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import torch.nn as nn
@@ -26,14 +28,30 @@ from .data import CIFAR10_DATA_CONFIG, CLASSES, DataConfig
 from .model import ViT, ViTConfig
 
 SCRATCH = "scratch"  # registry key of the shipped scratch model
-VITB16 = "vit-b16"  # registry key of the ViT-B/16 (local fine-tune, else the hub)
+VITB16 = "vit-b16"  # registry key of the ViT-B/16 (shipped checkpoint, else the hub)
+BOTH = "both"  # the pages' choice "scratch and ViT-B/16 side by side"
+RESERVED_KEYS = (SCRATCH, VITB16, BOTH)  # never a fine-tuned model's key
 SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
-VITB16_CHECKPOINT = "vit-b16-cifar10"  # a local ViT-B/16 fine-tune, preferred to the hub
+VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
 VITB16_TIMM_NAME = "vit_base_patch16_224"
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = "hf-hub:edadaltocg/vit_base_patch16_224_in21k_ft_cifar10"
 
 READY, LOADING, UNAVAILABLE, NOT_LOADED = "ready", "loading", "unavailable", "not loaded"
+
+
+class ModelKind(str, Enum):
+    SCRATCH = "scratch"  # our ViT (card arch "scratch-vit")
+    TIMM = "timm"  # timm's VisionTransformer (card arch "timm")
+
+    @classmethod
+    def of_arch(cls, arch: str | None) -> "ModelKind":
+        """The kind a card's ``arch`` names."""
+        if arch == "scratch-vit":
+            return cls.SCRATCH
+        if arch == "timm":
+            return cls.TIMM
+        raise CheckpointError(f"unknown arch {arch!r}")
 
 
 class ModelUnavailable(RuntimeError):
@@ -44,7 +62,7 @@ class ModelUnavailable(RuntimeError):
 class LoadedModel:
     key: str
     label: str
-    kind: str  # "scratch" or "timm"
+    kind: ModelKind
     model: nn.Module  # eval mode, never mutated after loading
     data_cfg: DataConfig
     classes: tuple[str, ...]
@@ -56,7 +74,7 @@ class LoadedModel:
 class ModelStatus:
     key: str
     label: str
-    kind: str
+    kind: ModelKind
     state: str  # READY, LOADING, UNAVAILABLE or NOT_LOADED
     reason: str  # why it is not ready, and how to make it so
     source: str
@@ -80,31 +98,34 @@ def timm_data_config(model: nn.Module) -> DataConfig:
     return DataConfig.from_dict(timm.data.resolve_model_data_config(model))
 
 
-def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, str, DataConfig, dict]:
+def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, ModelKind, DataConfig, dict]:
     """Model, kind, data config and card of checkpoint ``name`` in ``weights_dir``."""
     card = load_card(weights_dir, name)
-    arch = card.get("arch")
-    if arch == "scratch-vit":
-        model: nn.Module = ViT(ViTConfig.from_dict(card["model_config"]))
-        kind = "scratch"
-    elif arch == "timm":
-        model = build_timm(card)
-        kind = "timm"
-    else:
-        raise CheckpointError(f"card {name}.json: unknown arch {arch!r}")
+    try:
+        kind = ModelKind.of_arch(card.get("arch"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"card {name}.json: {exc}") from exc
+    model = (ViT(ViTConfig.from_dict(card["model_config"])) if kind is ModelKind.SCRATCH
+             else build_timm(card))
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tensors, card = load_model_tensors(weights_dir, name, shapes)
     model.load_state_dict(tensors)
     data_cfg = DataConfig.from_dict(card["data_config"]) if "data_config" in card else (
-        CIFAR10_DATA_CONFIG if kind == "scratch" else timm_data_config(model))
+        CIFAR10_DATA_CONFIG if kind is ModelKind.SCRATCH else timm_data_config(model))
     return model.eval(), kind, data_cfg, card
 
 
 class Registry:
-    """Lists the models the app can use and loads each one once, on demand or in the background."""
+    """Lists the models the app can use and loads each one once, on demand or in the background.
 
-    def __init__(self, weights_dir: Path | None = None, allow_hub: bool = True):
+    ``weights_dir``: the shipped checkpoints (read only). ``finetune_dir``: fine-tuned
+    checkpoints, one key each (None: no fine-tuned models).
+    """
+
+    def __init__(self, weights_dir: Path | None = None, allow_hub: bool = True,
+                 finetune_dir: Path | None = None):
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.finetune_dir = Path(finetune_dir) if finetune_dir else None
         self.allow_hub = allow_hub
         self._lock = threading.Lock()
         self._loaded: dict[str, LoadedModel] = {}
@@ -112,21 +133,31 @@ class Registry:
         self._loading: dict[str, threading.Event] = {}
 
     # -- what exists ---------------------------------------------------------------------
-    def keys(self) -> list[str]:
-        """SCRATCH, VITB16, then every other checkpoint in weights/ (fine-tunes), by name."""
-        extra = [n for n in list_models(self.weights_dir)
-                 if n not in (SCRATCH_CHECKPOINT, VITB16_CHECKPOINT)]
-        return [SCRATCH, VITB16] + extra
+    def finetuned(self) -> list[str]:
+        """Keys of the fine-tuned checkpoints, by name."""
+        return list_models(self.finetune_dir) if self.finetune_dir else []
 
-    def _source(self, key: str) -> tuple[str, str]:
-        """(kind of source, checkpoint name or hub name) for ``key``."""
+    def keys(self) -> list[str]:
+        """SCRATCH, VITB16, then every fine-tuned checkpoint, by name."""
+        return [SCRATCH, VITB16] + self.finetuned()
+
+    def source(self, key: str) -> tuple[Path | None, str]:
+        """(folder, checkpoint name) of ``key``; folder None: the hub name."""
         if key == SCRATCH:
-            return "file", SCRATCH_CHECKPOINT
+            return self.weights_dir, SCRATCH_CHECKPOINT
         if key == VITB16:
             if (self.weights_dir / f"{VITB16_CHECKPOINT}.json").is_file():
-                return "file", VITB16_CHECKPOINT
-            return "hub", hub_name()
-        return "file", key
+                return self.weights_dir, VITB16_CHECKPOINT
+            return None, hub_name()
+        return self.finetune_dir, key
+
+    def describe_source(self, key: str) -> str:
+        """Where ``key``'s weights come from, with no server path: ``weights/NAME``,
+        ``fine-tuned/NAME`` or the hub name."""
+        folder, name = self.source(key)
+        if folder is None:
+            return name
+        return f"{'weights' if folder == self.weights_dir else 'fine-tuned'}/{name}.safetensors"
 
     def label(self, key: str) -> str:
         if key == SCRATCH:
@@ -135,39 +166,43 @@ class Registry:
             return "ViT-B/16 (timm, fine-tuned on CIFAR-10)"
         return f"Fine-tuned: {key}"
 
+    def kind(self, key: str) -> ModelKind:
+        folder, name = self.source(key)
+        if folder is None:
+            return ModelKind.TIMM
+        try:
+            return ModelKind.of_arch(load_card(folder, name).get("arch"))
+        except CheckpointError:
+            return ModelKind.TIMM if key == VITB16 else ModelKind.SCRATCH
+
     def status(self, key: str) -> ModelStatus:
-        where, name = self._source(key)
-        source = name if where == "hub" else f"weights/{name}.safetensors"
+        folder, name = self.source(key)
+        source = self.describe_source(key)
         with self._lock:
             loaded = self._loaded.get(key)
             error = self._errors.get(key)
             loading = key in self._loading
-        kind = "timm" if key == VITB16 else self._kind_of(name)
         if loaded is not None:
-            return ModelStatus(key, self.label(key), loaded.kind, READY, "", loaded.source)
+            return ModelStatus(key, self.label(key), loaded.kind, READY, "", source)
+        kind = self.kind(key)
         if error is not None:
             return ModelStatus(key, self.label(key), kind, UNAVAILABLE, error, source)
         if loading:
             return ModelStatus(key, self.label(key), kind, LOADING, "", source)
-        if where == "file" and not (self.weights_dir / f"{name}.json").is_file():
-            return ModelStatus(key, self.label(key), kind, UNAVAILABLE, self._missing_reason(key, name),
+        if folder is not None and not (folder / f"{name}.json").is_file():
+            return ModelStatus(key, self.label(key), kind, UNAVAILABLE, self._missing_reason(key),
                                source)
         return ModelStatus(key, self.label(key), kind, NOT_LOADED, "", source)
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(k) for k in self.keys()]
 
-    def _kind_of(self, name: str) -> str:
-        try:
-            return "timm" if load_card(self.weights_dir, name).get("arch") == "timm" else "scratch"
-        except CheckpointError:
-            return "scratch"
-
-    def _missing_reason(self, key: str, name: str) -> str:
+    def _missing_reason(self, key: str) -> str:
         if key == SCRATCH:
-            return (f"no {name}.safetensors + {name}.json in {self.weights_dir}; train it with "
-                    f"`python -m vit_demo train --name {name}` (see the README)")
-        return f"no checkpoint {name!r} in {self.weights_dir}"
+            return (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in weights/; "
+                    f"train it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` "
+                    "(see the README)")
+        return f"no checkpoint {key!r} among the fine-tuned models"
 
     # -- loading -------------------------------------------------------------------------
     def get(self, key: str) -> LoadedModel:
@@ -218,11 +253,11 @@ class Registry:
             self._errors.pop(key, None)
 
     def _load(self, key: str) -> LoadedModel:
-        where, name = self._source(key)
-        if where == "file":
-            model, kind, data_cfg, card = load_checkpoint(self.weights_dir, name)
+        folder, name = self.source(key)
+        if folder is not None:
+            model, kind, data_cfg, card = load_checkpoint(folder, name)
             return LoadedModel(key, self.label(key), kind, model, data_cfg,
-                               tuple(card.get("classes", CLASSES)), f"weights/{name}.safetensors", card)
+                               tuple(card.get("classes", CLASSES)), self.describe_source(key), card)
         if not self.allow_hub:
             raise ModelUnavailable("hub downloads are switched off")
         import timm
@@ -230,16 +265,16 @@ class Registry:
         model = timm.create_model(name, pretrained=True).eval()
         if model.num_classes != len(CLASSES):
             raise ModelUnavailable(f"{name} has {model.num_classes} classes, not CIFAR-10's 10")
-        return LoadedModel(key, self.label(key), "timm", model, timm_data_config(model),
+        return LoadedModel(key, self.label(key), ModelKind.TIMM, model, timm_data_config(model),
                            CLASSES, name, None)
 
     def _explain(self, key: str, exc: Exception) -> str:
-        where, name = self._source(key)
-        if where == "hub":
-            return (f"could not get {name} from the Hugging Face hub ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200]}). Run once with network access so timm caches "
-                    f"it, set {VITB16_HUB_ENV} to another hub model, or put a fine-tuned "
-                    f"{VITB16_CHECKPOINT}.safetensors + .json in {self.weights_dir} (the fine-tune tab "
-                    "writes one).")
-        return f"{type(exc).__name__}: {exc}"
-
+        folder, name = self.source(key)
+        if folder is None:
+            return (f"could not get {name} from the Hugging Face hub ({type(exc).__name__}). "
+                    "Run once with network access so that timm caches it, or set "
+                    f"{VITB16_HUB_ENV} to another hub model.")
+        text = str(exc)
+        for path in {str(folder), str(folder.resolve())}:
+            text = text.replace(path, self.describe_source(key).split("/")[0])
+        return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,186 @@
+"""The job body. ``prepare`` builds the base model and loads the data (no GPU needed);
+``train_job`` trains, saves the weights, tests, as a generator of ``(kind, value)`` events:
+
+``("log", str)``, ``("started", dict)``, ``("baseline", dict)`` (validation accuracy before
+this run's first step), ``("progress", dict)`` per optimizer step, ``("saved", dict)`` once the
+weights are on disk, ``("testing", dict)`` per test batch, ``("result", dict)`` with the test
+metrics, or ``("error", str)``. Closing the generator cancels the job at its next event; a
+``cancel`` event (when the job runs in this process) stops it sooner, between batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import save_tensors
+from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
+from ..registry import VITB16, ModelKind, Registry, load_checkpoint
+from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix
+from .policy import eval_batch_size, training_device
+from .request import FinetuneRequest
+from .zerogpu import gpu_wrapped
+
+BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
+DEFAULT_BASE_TIMM = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+
+
+class JobError(ValueError):
+    """Something the person must change or know; the message says what."""
+
+
+def base_timm_name() -> str:
+    """The timm model fine-tuned for the ``vit-b16`` base (``$VIT_DEMO_FINETUNE_BASE``)."""
+    return os.environ.get(BASE_ENV) or DEFAULT_BASE_TIMM
+
+
+@dataclass
+class Prepared:
+    """Everything the GPU part of a job needs, built before it."""
+    request: FinetuneRequest
+    model: nn.Module  # on the CPU, training mode
+    data_cfg: DataConfig
+    arch: dict  # the architecture part of the card
+    train: Split
+    val: Split
+    test: Split
+
+
+def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module, DataConfig, dict]:
+    """The base model (training mode), its input config and the architecture part of the card."""
+    if request.base == VITB16:
+        import timm
+
+        name = base_timm_name()
+        torch.manual_seed(request.seed)  # the new 10-class head
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=len(CLASSES))
+        except Exception as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            raise JobError(
+                f"The ViT-B/16 base is unavailable: timm could not get the pretrained weights "
+                f"{name!r} ({type(exc).__name__}). They are not in the local Hugging Face cache"
+                + (" and the hub is switched off (HF_HUB_OFFLINE=1)" if offline else
+                   " and the hub could not be reached")
+                + ". Run the app once with network access so that timm caches them, set "
+                f"{BASE_ENV} to a timm model that is cached, or fine-tune the scratch ViT.") from exc
+        # The whole 32 px image is resized to the input size, in training as at inference.
+        data_cfg = dataclasses.replace(
+            DataConfig.from_dict(timm.data.resolve_model_data_config(model)), crop_pct=1.0)
+        arch = {"arch": "timm", "timm_name": model.pretrained_cfg.get("architecture", name),
+                "pretrained": name}
+        return model.train(), data_cfg, arch
+    folder, name = registry.source(request.base)
+    if folder is None or registry.kind(request.base) is not ModelKind.SCRATCH:
+        raise JobError(f"base {request.base!r} is not a scratch ViT")
+    model, _, data_cfg, card = load_checkpoint(folder, name)
+    arch = {"arch": "scratch-vit", "model_config": card["model_config"],
+            "base_checkpoint": {"name": request.base, "sha256": card["tensors"]["sha256"]}}
+    return model.train(), data_cfg, arch
+
+
+def prepare(request: FinetuneRequest, registry: Registry, data_dir: str | None) -> Prepared:
+    """The base model and the data subsets of ``request``."""
+    model, data_cfg, arch = build_base(request, registry)
+    train, val = train_val_split(load_cifar10("train", data_dir, download=False))
+    test = load_cifar10("test", data_dir, download=False)
+    if request.train_images > len(train) or request.val_images > len(val):
+        raise JobError(f"the data set has only {len(train)} training and {len(val)} "
+                       "validation images")
+    return Prepared(request, model, data_cfg, arch, train.subset(torch.arange(request.train_images)),
+                    val.subset(torch.arange(request.val_images)),
+                    test.subset(torch.arange(min(request.test_images, len(test)))))
+
+
+def _stepwise(trainer: Trainer) -> Iterator[tuple[str, dict]]:
+    """``trainer.run()`` as one ``("progress", asdict(Progress))`` per optimizer step; returns
+    the ``TrainResult``. The trainer waits at every step's report until the next item is asked
+    for, so closing the iterator cancels the run after the current step."""
+    items: queue.Queue = queue.Queue()
+    go_on = threading.Semaphore(0)
+
+    def report(progress: Progress) -> None:
+        items.put(("progress", progress))
+        go_on.acquire()
+
+    def run() -> None:
+        try:
+            items.put(("done", trainer.run()))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            items.put(("error", exc))
+
+    trainer.callback = report
+    thread = threading.Thread(target=run, name="finetune-steps", daemon=True)
+    thread.start()
+    ended = False
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "error":
+                ended = True
+                raise value
+            if kind == "done":
+                ended = True
+                return value
+            yield "progress", asdict(value)
+            go_on.release()
+    finally:
+        if not ended:  # closed early: cancel the run
+            trainer.cancel.set()
+            go_on.release()
+        thread.join()
+
+
+def train_job(job: Prepared, state_path: str, tensors_path: str,
+              cancel: threading.Event | None = None, gpu_s: int = 0) -> Iterator[tuple[str, Any]]:
+    """Train ``job``, write its weights to ``tensors_path``, test them; see the module docstring.
+    ``gpu_s``: the GPU window to ask ZeroGPU for (read by ``zerogpu.gpu_wrapped``)."""
+    cancel = cancel or threading.Event()
+    try:
+        device = torch.device(training_device())
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        request, model, data_cfg = job.request, job.model, job.data_cfg
+        yield "log", (f"device: {device_name}; base: {request.base} "
+                      f"({sum(p.numel() for p in model.parameters()):,} parameters), "
+                      f"input {data_cfg.input_size[1]} px")
+        kind = request.base_kind
+        cfg = dataclasses.replace(request.train_config(),
+                                  eval_batch_size=eval_batch_size(kind, device.type))
+        trainer = Trainer(model, data_cfg, job.train, cfg, val=job.val if len(job.val) else None,
+                          device=device, state_path=Path(state_path), cancel=cancel, head="head")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        yield "started", {"total_steps": trainer.end_step, "resumed_step": trainer.step,
+                          "steps_per_epoch": trainer.steps_per_epoch, "trainable": trainable}
+        if len(job.val):
+            val = confusion_matrix(model, job.val, data_cfg, device, cfg.eval_batch_size,
+                                   cancel=cancel)
+            yield "baseline", {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch,
+                               "val_accuracy": accuracy_metrics(val)["accuracy"]}
+        result: TrainResult = yield from _stepwise(trainer)
+        if result.cancelled:
+            return
+        save_tensors(Path(tensors_path), model.state_dict())
+        yield "saved", {"params": sum(p.numel() for p in model.parameters()), "trainable": trainable,
+                        "config": asdict(cfg), "history": result.history, "wall_s": result.wall_s,
+                        "steps": result.step, "device": device_name, "device_type": device.type}
+        confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.long)
+        for i in range(0, len(job.test), cfg.eval_batch_size):
+            confusion += confusion_matrix(model, job.test.subset(
+                torch.arange(i, min(i + cfg.eval_batch_size, len(job.test)))), data_cfg, device,
+                cfg.eval_batch_size)
+            yield "testing", {"done": int(confusion.sum()), "of": len(job.test)}
+        yield "result", {"test": accuracy_metrics(confusion)}
+    except Exception as exc:
+        yield "error", str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+
+
+run_train_job = gpu_wrapped(train_job)

@@ -1,0 +1,398 @@
+"""One fine-tune job at a time for the whole server: its state, who may stop it, its budget,
+and the checkpoint card at the end.
+
+The job's state lives here (not in a browser session), so every page and API client sees the
+same job; only the session that started it may stop it. A job runs in a worker thread: the
+base model and the data are prepared there, then the job body runs (under ``spaces.GPU`` on
+ZeroGPU). A stop or an exhausted budget ends it within seconds in every phase; a stop once the
+weights are saved keeps the model, without (or with a partial) test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import save_model_card
+from ..data import CLASSES
+from ..registry import VITB16, ModelKind, Registry
+from ..settings import Settings
+from .job import JobError, base_timm_name, prepare, run_train_job
+from .policy import device_warning, estimate_s, training_device
+from .request import FinetuneRequest, InvalidRequest
+from .store import FinetuneStore
+from .zerogpu import gpu_seconds, on_zero_gpu
+
+MAX_LOG_LINES = 200
+IDLE, STARTING, RUNNING, STOPPING, SAVING, TESTING, DONE, CANCELLED, FAILED = (
+    "idle", "starting", "running", "stopping", "saving", "testing", "done", "cancelled", "failed")
+ACTIVE = (STARTING, RUNNING, STOPPING, SAVING, TESTING)
+
+
+class JobBusy(ValueError):
+    """A job is already running on this server."""
+
+
+class NotYourJob(ValueError):
+    """Only the session that started a job may stop it."""
+
+
+@dataclass
+class JobState:
+    """What a page shows of the server's current (or last) job."""
+    id: int = 0
+    status: str = IDLE
+    request: dict = field(default_factory=dict)
+    device: str = ""
+    warning: str = ""
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    eta_s: float | None = None
+    images_per_s: float | None = None
+    budget_s: float | None = None  # the wall-clock budget this job runs under
+    history: list[dict] = field(default_factory=list)  # val at the start, then one row per step
+    log: list[str] = field(default_factory=list)
+    metrics: dict | None = None  # {"test": evaluate(...)} at the end
+    model_key: str | None = None  # the new model's key (its checkpoint name) in the other tabs
+    error: str | None = None
+    started: float | None = None  # time.time()
+    finished: float | None = None
+    owner: str = field(default="", repr=False)  # session that started the job; never shown
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def summary(self) -> dict:
+        """The state without the per-step history and the owner, JSON-ready (the API's view)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("history", "owner")}
+        d["log"] = self.log[-20:]
+        if self.metrics:
+            test = self.metrics["test"]
+            d["metrics"] = {"test_accuracy": test["accuracy"], "test_images": test["images"],
+                            "per_class_accuracy": dict(zip(CLASSES, test["per_class_accuracy"]))}
+        return d
+
+
+def resume_key(request: FinetuneRequest) -> str:
+    """The same training settings give the same key, so starting a stopped job again resumes
+    it. The output name and the test size play no part."""
+    ident = {k: v for k, v in asdict(request).items() if k not in ("name", "test_images")}
+    ident["config"] = asdict(request.train_config())
+    ident["timm"] = base_timm_name() if request.base == VITB16 else None
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class JobRunner:
+    """Runs one fine-tuning job at a time for the whole server and keeps its state.
+
+    ``state_dir``: this instance's resume-state folder (default: a new temporary folder); it
+    holds at most ``settings.keep_finetuned`` resume states, and deletes only its own files.
+    """
+
+    def __init__(self, registry: Registry, store: FinetuneStore, data_dir: str | None = None,
+                 settings: Settings = Settings(), state_dir: Path | None = None):
+        self.registry, self.store, self.data_dir, self.settings = registry, store, data_dir, settings
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="vit-demo-resume-"))
+        self.device = training_device()
+        self._cond = threading.Condition()
+        self._state = JobState(device=self.device, warning=device_warning(self.device))
+        self._version = 0
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._states_written: list[Path] = []
+        self._stop_reason = "stopped"  # how the log words a stop: by the visitor or the budget
+
+    # -- reading ------------------------------------------------------------------------
+    def snapshot(self) -> JobState:
+        """A copy of the current job's state (safe to read while the job runs)."""
+        with self._cond:
+            return self._copy()
+
+    def _copy(self) -> JobState:
+        s = self._state
+        return dataclasses.replace(s, request=dict(s.request), history=list(s.history),
+                                   log=list(s.log))
+
+    async def updates(self, job_id: int | None = None, interval: float = 0.25
+                      ) -> AsyncIterator[JobState]:
+        """Snapshots of job ``job_id`` (default: the current one) when it has changed, looking
+        every ``interval`` seconds, ending with the snapshot in which it is no longer active.
+        Asynchronous, so that pages watching a long job hold no worker thread."""
+        seen = -1
+        while True:
+            with self._cond:
+                changed = self._version != seen
+                seen = self._version
+                snap = self._copy() if changed else None
+            if snap is not None:
+                if job_id is not None and snap.id != job_id:
+                    return
+                yield snap
+                if not snap.active:
+                    return
+                job_id = snap.id
+            await asyncio.sleep(interval)
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Wait until no job is active (or ``timeout`` passes); the state then."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._state.active, timeout=timeout)
+            return self._copy()
+
+    # -- control ------------------------------------------------------------------------
+    def check(self, request: FinetuneRequest) -> float:
+        """The checks that need the server: the base exists, the job fits the budget (and, on
+        ZeroGPU, the GPU window); the estimated seconds."""
+        problems = []
+        if request.base not in self.registry.keys():
+            known = ", ".join(k for k in self.registry.keys()
+                              if k == VITB16 or self.registry.kind(k) is ModelKind.SCRATCH)
+            problems.append(f"base {request.base!r} is not a model of this app; choose one of: {known}")
+        elif request.base != VITB16 and self.registry.kind(request.base) is not ModelKind.SCRATCH:
+            problems.append(f"base {request.base!r} is not a scratch ViT; fine-tune the "
+                            f"{VITB16!r} base instead")
+        estimate = estimate_s(request, self.device)
+        if estimate > self.settings.max_job_s:
+            problems.append(f"this job would take about {estimate:,.0f} s here; a job may take at "
+                            f"most {self.settings.max_job_s:,} s: use fewer images, epochs or steps")
+        if on_zero_gpu():
+            gpu_s = gpu_seconds(estimate_s(request, "cuda", setup=False), 10 ** 9)
+            if gpu_s > self.settings.zerogpu_max_s:
+                problems.append(f"this job would need about {gpu_s} s of GPU time; a job may "
+                                f"ask for at most {self.settings.zerogpu_max_s} s: use fewer "
+                                "images, epochs or steps")
+        if problems:
+            raise InvalidRequest("Cannot start the fine-tune: " + "; ".join(problems) + ".")
+        return estimate
+
+    def start(self, request: FinetuneRequest, owner: str) -> JobState:
+        """Check ``request`` and start it for session ``owner``; the new job's first snapshot."""
+        with self._cond:
+            if self._state.active:
+                running = self._state
+                raise JobBusy(
+                    f"A fine-tuning job is already running on this server (job {running.id}: "
+                    f"{running.request.get('base')} -> {running.request.get('name')}, "
+                    f"{running.status}, step {running.step}/{running.total_steps}). Only one job "
+                    "runs at a time: wait for it to finish or stop it.")
+            estimate = self.check(request)
+            self._cancel = threading.Event()
+            self._stop_reason = "stopped"
+            self._state = JobState(id=self._state.id + 1, status=STARTING, request=asdict(request),
+                                   device=self.device, warning=device_warning(self.device),
+                                   total_steps=request.total_steps(), started=time.time(),
+                                   budget_s=self.settings.max_job_s, owner=owner)
+            self._log(f"job {self._state.id}: fine-tune {request.base} on {request.train_images} "
+                      f"images, {request.total_steps()} steps of {request.batch_size}, "
+                      f"lr {request.lr:g}{', head only' if request.freeze_backbone else ''}; "
+                      f"estimated {estimate:,.0f} s, budget {self.settings.max_job_s:,} s")
+            job_id, cancel = self._state.id, self._cancel
+            # The job carries the starting request's context (on ZeroGPU: whose GPU quota).
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(target=context.run, args=(self._work, job_id, request, cancel),
+                                            name=f"finetune-{job_id}", daemon=True)
+            self._thread.start()
+            return self._copy()
+
+    def stop(self, owner: str) -> JobState:
+        """Stop the running job (``owner`` must have started it); the state (unchanged if idle)."""
+        with self._cond:
+            if self._state.active and owner != self._state.owner:
+                raise NotYourJob("This job was started by another visitor: only they can stop it. "
+                                 "You can watch it here until it ends.")
+            if self._state.active and not self._cancel.is_set():
+                self._cancel.set()
+                self._state.status = STOPPING
+                self._log("stop requested")
+            return self._copy()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker thread to end (tests and shutdown)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the worker thread -------------------------------------------------------------------
+    def _changed(self) -> None:
+        self._version += 1
+        self._cond.notify_all()
+
+    def _log(self, line: str) -> None:
+        self._state.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+        del self._state.log[:-MAX_LOG_LINES]
+        self._changed()
+
+    def _update(self, log: str | None = None, **changes: Any) -> None:
+        with self._cond:
+            for k, v in changes.items():
+                setattr(self._state, k, v)
+            if log:
+                self._log(log)
+            else:
+                self._changed()
+
+    def _work(self, job_id: int, request: FinetuneRequest, cancel: threading.Event) -> None:
+        state_path = self.state_dir / f"{resume_key(request)}.safetensors"
+        name = self.store.new_name(request.name)
+        over_budget = threading.Timer(self.settings.max_job_s, self._over_budget, (job_id,))
+        over_budget.daemon = True
+        over_budget.start()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.store.folder.mkdir(parents=True, exist_ok=True)
+            job = prepare(request, self.registry, self.data_dir)
+            if cancel.is_set():
+                return self._end(CANCELLED, "stopped before training; nothing was written")
+            saved, test = self._run(job, state_path, name, cancel)
+            if saved is None:
+                self._keep_resume_state(state_path)
+                last = self._last_resume_step(request)
+                return self._end(CANCELLED, f"{self._stop_reason} at step {self._state.step}; "
+                                 "no model was written"
+                                 + (f"; starting the same job again resumes from step {last}"
+                                    if last else ""))
+            state_path.unlink(missing_ok=True)
+            self._save_card(request, name, saved, test)
+        except Exception as exc:
+            self.store.tensors_path(name).unlink(missing_ok=True)
+            message = str(exc) if isinstance(exc, (JobError, ValueError)) else f"{type(exc).__name__}: {exc}"
+            self._end(FAILED, "failed: " + message, error=message)
+        finally:
+            over_budget.cancel()
+
+    def _over_budget(self, job_id: int) -> None:
+        with self._cond:
+            if self._state.id == job_id and self._state.active and not self._cancel.is_set():
+                self._cancel.set()
+                self._stop_reason = "stopped at its time budget"
+                self._state.status = STOPPING
+                self._log(f"the job reached its budget of {self.settings.max_job_s:,} s")
+
+    def _end(self, status: str, line: str, **changes: Any) -> None:
+        self._update(log=line, status=status, finished=time.time(), **changes)
+
+    def _keep_resume_state(self, path: Path) -> None:
+        """Keep ``path`` for a resume; beyond the cap, delete the oldest resume state we wrote."""
+        if not path.exists():
+            return
+        if path in self._states_written:
+            self._states_written.remove(path)
+        self._states_written.append(path)
+        for old in self._states_written[:-self.settings.keep_finetuned]:
+            old.unlink(missing_ok=True)
+        del self._states_written[:-self.settings.keep_finetuned]
+
+    def _last_resume_step(self, request: FinetuneRequest) -> int:
+        every = request.train_config().checkpoint_every
+        return (self._state.step // every) * every
+
+    def _run(self, job, state_path: Path, name: str, cancel: threading.Event
+             ) -> tuple[dict | None, dict | None]:
+        """Iterate the job body: (what was saved, the test metrics); (None, None) when stopped
+        before the weights were saved, (saved, None or partial metrics) when stopped after."""
+        gpu_s = gpu_seconds(estimate_s(job.request, "cuda", setup=False), self.settings.zerogpu_max_s)
+        events = run_train_job(job, str(state_path), str(self.store.tensors_path(name)),
+                               None if on_zero_gpu() else cancel, gpu_s=gpu_s)
+        saved = test = None
+        try:
+            for kind, value in events:
+                if kind == "error":
+                    raise JobError(value)
+                self._on_event(kind, value, cancel)
+                if kind == "saved":
+                    saved = {**value, "arch": job.arch, "data_config": job.data_cfg.to_dict()}
+                elif kind == "result":
+                    test = value["test"]
+                if cancel.is_set():
+                    break
+        finally:
+            events.close()
+        if saved is None and not cancel.is_set():
+            raise JobError("the job ended without a result")
+        return saved, test
+
+    def _on_event(self, kind: str, value: Any, cancel: threading.Event) -> None:
+        if kind == "log":
+            self._update(log=value)
+        elif kind == "started":
+            self._update(log=f"training {value['trainable']:,} parameters for "
+                             f"{value['total_steps']} steps ({value['steps_per_epoch']} per epoch)"
+                             + (f"; resumed at step {value['resumed_step']}"
+                                if value["resumed_step"] else ""),
+                         total_steps=value["total_steps"], step=value["resumed_step"],
+                         **({} if cancel.is_set() else {"status": RUNNING}))
+        elif kind == "baseline":
+            with self._cond:
+                self._state.history.append(value)
+                self._log(f"step {value['step']}: validation accuracy {value['val_accuracy']:.4f}")
+        elif kind == "progress":
+            self._progress(value)
+        elif kind == "saved":
+            self._update(log="training done; weights saved; testing",
+                         **({} if cancel.is_set() else {"status": TESTING}))
+        elif kind == "testing":
+            self._update(log=None if value["done"] < value["of"] else
+                         f"tested {value['done']} images")
+
+    def _progress(self, p: dict) -> None:
+        row = {"step": p["step"], "epoch": p["epoch"], "train_loss": p["loss"],
+               "train_accuracy": p["accuracy"], "lr": p["lr"]}
+        if p["val_accuracy"] is not None:
+            row["val_accuracy"] = p["val_accuracy"]
+        with self._cond:
+            s = self._state
+            rate = p["images_per_s"]
+            s.images_per_s = rate if s.images_per_s is None else 0.8 * s.images_per_s + 0.2 * rate
+            s.step, s.total_steps, s.epoch, s.eta_s = p["step"], p["total_steps"], p["epoch"], p["eta_s"]
+            s.history.append(row)
+            tenth = max(1, p["total_steps"] // 10)
+            if p["val_accuracy"] is not None:
+                self._log(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
+                          f"validation accuracy {p['val_accuracy']:.4f}")
+            elif p["step"] % tenth == 0 or p["step"] == 1:
+                self._log(f"step {p['step']}/{p['total_steps']}: loss {p['loss']:.4f}, "
+                          f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
+            else:
+                self._changed()
+
+    def _save_card(self, request: FinetuneRequest, name: str, saved: dict, test: dict | None) -> None:
+        """Write the card (the pair is then complete), evict beyond the cap, make it usable."""
+        self._update(status=SAVING)
+        card = {
+            **saved["arch"], "data_config": saved["data_config"], "classes": list(CLASSES),
+            "params": saved["params"],
+            "recipe": {**saved["config"], "base": request.base, "train_images": request.train_images,
+                       "val_images": request.val_images, "test_images": request.test_images,
+                       "trainable_params": saved["trainable"],
+                       "augment": "random crop (reflect pad 4) + horizontal flip, 32 px, then "
+                                  "resized to the input size",
+                       "optimizer": "AdamW", "schedule": "linear warm-up (10 %), cosine",
+                       "precision": "bf16 autocast" if saved["device_type"] == "cuda" else "fp32"},
+            "training": {"device": saved["device"], "history": saved["history"],
+                         "wall_s_last_run": round(saved["wall_s"], 1), "steps": saved["steps"],
+                         "source": "fine-tune tab"},
+            "metrics": {"test": test} if test else {},
+            "date": dt.date.today().isoformat(),
+        }
+        save_model_card(self.store.folder, name, card)
+        for old in self.store.added(name):
+            self.registry.forget(old)
+            self._update(log=f"removed the oldest fine-tuned model {old!r} (this server keeps "
+                             f"{self.settings.keep_finetuned})")
+        done = (f"test accuracy {test['accuracy']:.4f} on {test['images']} images" if test
+                else "stopped during the test: the model is kept, untested")
+        self._end(DONE, f"{done}; the model is '{name}' in the other tabs",
+                  metrics={"test": test} if test else None, model_key=name)

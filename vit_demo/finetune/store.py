@@ -1,0 +1,50 @@
+"""The folder of fine-tuned checkpoints: names the server makes unique, and a cap.
+
+Every fine-tuned model is a checkpoint pair (``NAME.safetensors`` + ``NAME.json``) in its own
+folder, never the shipped ``weights/``. Its name, which is also its model key, is the visitor's
+label plus a random suffix, so no request can name (and so overwrite) another model. The store
+keeps at most ``keep`` of the checkpoints it wrote; adding one more deletes the oldest, and only
+files it wrote itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+
+from ..checkpoint import list_models, model_path
+
+
+class FinetuneStore:
+    def __init__(self, folder: Path, keep: int):
+        assert keep >= 1, keep
+        self.folder = Path(folder)
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._written: list[str] = []  # names this store wrote, oldest first
+
+    def new_name(self, label: str) -> str:
+        """``label-xxxxxx``: a name no checkpoint in the folder has."""
+        taken = set(list_models(self.folder))
+        while True:
+            name = f"{label}-{secrets.token_hex(3)}"
+            if name not in taken and not model_path(self.folder, name, ".safetensors").exists():
+                return name
+
+    def tensors_path(self, name: str) -> Path:
+        return model_path(self.folder, name, ".safetensors")
+
+    def added(self, name: str) -> list[str]:
+        """Record checkpoint ``name`` as written; delete the oldest beyond the cap; their names."""
+        with self._lock:
+            self._written.append(name)
+            evicted, self._written = self._written[:-self.keep], self._written[-self.keep:]
+        for old in evicted:
+            self.delete(old)
+        return evicted
+
+    def delete(self, name: str) -> None:
+        """Remove checkpoint ``name`` (card first, so that it is never listed half-deleted)."""
+        model_path(self.folder, name, ".json").unlink(missing_ok=True)
+        model_path(self.folder, name, ".safetensors").unlink(missing_ok=True)

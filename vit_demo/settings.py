@@ -1,0 +1,35 @@
+"""The limits a deployment sets, read once from the environment at start-up.
+
+Defaults are safe for a public Space, where every visitor is anonymous: a private deployment
+may raise them (``VIT_DEMO_<FIELD>``, e.g. ``VIT_DEMO_MAX_JOB_S=3600``); see the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_pixels: int = 25_000_000  # largest image (width x height) decoded, e.g. 6000 x 4000
+    max_file_mb: int = 20  # largest upload, refused by the server before any handler runs
+    queue_size: int = 64  # requests waiting beyond this are refused at once ("queue full")
+    max_job_s: int = 600  # a fine-tune's wall-clock budget: estimated before start, enforced after
+    keep_finetuned: int = 3  # fine-tuned checkpoints kept on disk and in memory; oldest evicted
+    zerogpu_max_s: int = 120  # GPU seconds one ZeroGPU job may ask for (visitors have minutes a day)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"VIT_DEMO_{f.name.upper()}")
+            if raw is not None:
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"VIT_DEMO_{f.name.upper()} must be a whole number, not {raw!r}")
+                if values[f.name] < 1:
+                    raise ValueError(f"VIT_DEMO_{f.name.upper()} must be at least 1")
+        return cls(**values)
