@@ -1,5 +1,6 @@
 """The shipped scratch checkpoint in weights/: it loads through its card, and the accuracy the
-card reports holds on a fixed 1,000-image subset of the CIFAR-10 test set."""
+card reports holds on a fixed 1,000-image subset of the real CIFAR-10 test set (skipped with the
+reason where the test set is not on the machine; a failure in CI)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from vit_demo.registry import SCRATCH_CHECKPOINT, load_checkpoint
 SUBSET = 1000  # the first 1,000 test images
 
 
-def test_shipped_scratch_accuracy_agrees_with_its_card(cifar_test):
+def test_shipped_scratch_accuracy_agrees_with_its_card(real_cifar_test):
     model, kind, data_cfg, card = load_checkpoint(default_weights_dir(), SCRATCH_CHECKPOINT)
     reported = card["metrics"]["test"]
     assert kind == "scratch" and reported["images"] == 10_000
-    subset = cifar_test.subset(torch.arange(SUBSET))
+    subset = real_cifar_test.subset(torch.arange(SUBSET))
     with torch.inference_mode():
         pred = torch.cat([model(preprocess_batch(subset.x[i:i + 250], data_cfg)).argmax(-1)
                           for i in range(0, SUBSET, 250)])

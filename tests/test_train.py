@@ -1,8 +1,8 @@
-"""The trainer, checkpoints, resume, cancel, augmentation, DDP and the evaluate command, on real
-CIFAR-10 images and the tiny preset.
+"""The trainer, checkpoints, resume, cancel, augmentation, DDP and the evaluate command, on the
+tiny preset.
 
-Images come from conftest's ``cifar_train`` / ``cifar_test``: ``$VIT_DEMO_DATA_DIR``, else
-``../shared/data/cifar10`` beside the repository, else torchvision's download.
+Images come from conftest's synthetic ``cifar_train`` / ``cifar_test`` (CIFAR-10's layout, class
+patterns a tiny model learns in a few steps), written to ``data_dir``.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def test_trainer_splits_the_global_batch_by_rank(cifar_train: Split):
     assert torch.equal(torch.stack([shares[0][1], shares[1][1]], 1).flatten(0, 1), y)
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_dir: str | None,
+def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_dir: str,
                                                        tmp_path: Path):
     """torchrun, 2 gloo ranks of 16 images each == one process on the same 32-image batches.
 
@@ -218,7 +218,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_d
            "-m", "vit_demo", "train", "--preset", TINY, "--train-images", "96", "--val-images", "0",
            "--batch-size", "32", "--epochs", "2", "--max-steps", "4", "--warmup-epochs", "1",
            "--lr", "1e-3", "--threads", "1", "--resume", str(state),
-           *(["--data-dir", data_dir] if data_dir else [])]
+           "--data-dir", data_dir]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
@@ -253,12 +253,12 @@ def flops_formula(cfg: ViTConfig) -> int:
 
 
 def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Split,
-                          data_dir: str | None, tmp_path: Path, capsys):
+                          data_dir: str, tmp_path: Path, capsys):
     png = tmp_path / "confusion.png"
     before = load_card(overfit_weights, "tiny")
     assert main(["evaluate", "--name", "tiny", "--weights-dir", str(overfit_weights),
                  "--limit", "300", "--png", str(png), "--update-card",
-                 *(["--data-dir", data_dir] if data_dir else [])]) == 0
+                 "--data-dir", data_dir]) == 0
     assert "test accuracy" in capsys.readouterr().out
 
     card = load_card(overfit_weights, "tiny")

@@ -172,16 +172,28 @@ def cmd_evaluate(args) -> dict:
     return metrics
 
 
+def _deploy_parser(sub) -> None:
+    from .deploy import add_arguments
+
+    add_arguments(sub.add_parser("deploy", help="publish the app as a Hugging Face Space "
+                                 "(--dry-run lists the files)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_demo")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
+    _deploy_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         cmd_train(args)
     elif args.command == "evaluate":
         cmd_evaluate(args)
+    elif args.command == "deploy":
+        from .deploy import cmd_deploy
+
+        return cmd_deploy(args)
     return 0
 
 

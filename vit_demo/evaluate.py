@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .checkpoint import rewrite_card
 from .data import DataConfig, Split
@@ -38,6 +38,11 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of scaled_dot_product_attention's CPU kernel, which torch 2.11's counter omits."""
+    return sdpa_flop_count(query, key, value)
+
+
 def flops_per_image(model: nn.Module, data_cfg: DataConfig) -> int:
     """FLOPs of one forward pass of one image, as ``FlopCounterMode`` counts them.
 
@@ -46,7 +51,9 @@ def flops_per_image(model: nn.Module, data_cfg: DataConfig) -> int:
     """
     device = next(model.parameters()).device
     x = torch.zeros(1, *data_cfg.input_size, device=device)
-    with _eval_mode(model), torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops})
+    with _eval_mode(model), torch.inference_mode(), counter:
         model(x)
     return counter.get_total_flops()
 

@@ -1,0 +1,161 @@
+"""Models from the Hugging Face hub, whatever architecture their ``config.json`` names.
+
+``load_hub_vit("hf-hub:edadaltocg/vit_base_patch16_224_in21k_ft_cifar10")`` first asks timm
+(``timm.create_model(name, pretrained=True)``). timm builds only the architectures it registers
+under their plain or tagged names; a ``config.json`` naming ``timm/<name>`` or an architecture
+another package registers (the CIFAR-10 ViT-B/16 was made with the ``detectors`` package) makes
+it fail (and so do weights that do not fit what it builds). Then the weights file itself is
+loaded into timm's architecture: the ``timm/``-stripped name when timm knows it, else
+``vit_base_patch16_224`` (tag ``orig_in21k_ft_in1k``, the checkpoint's base), with as many
+classes as the weights' head has. ``model.safetensors`` is preferred; ``pytorch_model.bin`` is
+read with ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
+
+The data config is what ``config.json`` states, completed from that timm tag's (for ViT-B/16:
+224 px, mean and std 0.5, crop 0.9, bicubic).
+
+Files come through huggingface_hub's cache (``HF_HOME``), so ``HF_HUB_OFFLINE=1`` and Spaces'
+``preload_from_hub`` (``HUB_FILES``) work as for timm. Failures raise ``HubUnavailable`` with a
+one-line reason and the way to get the model.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import torch
+import torch.nn as nn
+
+from .data import DataConfig
+
+HUB_PREFIX = "hf-hub:"
+VITB16_HUB_REPO = "edadaltocg/vit_base_patch16_224_in21k_ft_cifar10"
+FINETUNE_BASE = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # timm name of the fine-tune base
+FINETUNE_BASE_REPO = f"timm/{FINETUNE_BASE}"
+FALLBACK_ARCH = "vit_base_patch16_224.orig_in21k_ft_in1k"  # architecture and data config
+SAFETENSORS_FILE, PICKLE_FILE = "model.safetensors", "pytorch_model.bin"
+
+# Every hub file the app reads: the CIFAR-10 ViT-B/16 (timm reads config.json, then the weights;
+# the repository has pytorch_model.bin) and the fine-tune tab's base (timm reads the
+# safetensors file of a timm/ repository directly). The README's ``preload_from_hub`` lists them.
+HUB_FILES: dict[str, tuple[str, ...]] = {
+    VITB16_HUB_REPO: ("config.json", PICKLE_FILE),
+    FINETUNE_BASE_REPO: (SAFETENSORS_FILE,),
+}
+
+
+class HubUnavailable(RuntimeError):
+    """The hub model cannot be loaded; the message says why and how to get it."""
+
+
+def preload_from_hub() -> list[str]:
+    """``HUB_FILES`` as Spaces' ``preload_from_hub`` entries: ``"owner/name file1,file2"``."""
+    return [f"{repo} {','.join(files)}" for repo, files in HUB_FILES.items()]
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"hf-hub:owner/name@rev"`` (prefix and revision optional) to (repo id, revision)."""
+    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition("@")
+    return repo_id, revision or None
+
+
+def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:
+    """The hub model ``name`` (``hf-hub:owner/name``, the prefix optional) in eval mode, and
+    the data config its input needs. Raises ``HubUnavailable``."""
+    import timm
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    repo_id, revision = split_name(name)
+    try:
+        config = _config(repo_id, revision)
+        arch = timm_architecture(config)
+        try:
+            model = timm.create_model(HUB_PREFIX + name.removeprefix(HUB_PREFIX), pretrained=True)
+        except RuntimeError:  # an architecture timm does not know, or weights that do not fit it
+            model = _load_weights_into_timm(repo_id, revision, arch)
+    except (OSError, EntryNotFoundError, HFValidationError, pickle.UnpicklingError) as exc:
+        raise HubUnavailable(_explain(repo_id, exc)) from exc
+    return model.eval(), data_config(config, arch)
+
+
+def timm_architecture(config: dict) -> str:
+    """The timm architecture (with tag) to read the weights into: the one config.json names,
+    without a ``timm/`` prefix, when timm knows it; else FALLBACK_ARCH."""
+    import timm
+
+    arch = str(config.get("architecture", "")).removeprefix("timm/")
+    return arch if timm.is_model(arch) else FALLBACK_ARCH
+
+
+def data_config(config: dict, arch: str) -> DataConfig:
+    """The input fields config.json states (timm's ``pretrained_cfg``, or the legacy one-dict
+    layout), the rest from timm's pretrained config of ``arch`` (its default tag if untagged):
+    timm itself would fill them with ImageNet's defaults, which this checkpoint's base does
+    not use."""
+    import timm
+
+    stated = config.get("pretrained_cfg", config)
+    base = timm.models.get_pretrained_cfg(arch).to_dict()
+    return DataConfig.from_dict({key: stated.get(key, base[key]) for key in
+                                 ("input_size", "mean", "std", "interpolation", "crop_pct")})
+
+
+def _load_weights_into_timm(repo_id: str, revision: str | None, arch: str) -> nn.Module:
+    import timm
+
+    state = _weights(repo_id, revision)
+    if "head.weight" not in state:
+        raise HubUnavailable(f"{repo_id}: the weights have no classifier head ('head.weight'), "
+                             f"so they are not a timm {arch} fine-tune")
+    model = timm.create_model(arch, pretrained=False, num_classes=state["head.weight"].shape[0])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # the first line is a heading; the second names a mismatch
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise HubUnavailable(f"{repo_id}: the weights do not fit timm's {arch}: "
+                             f"{lines[1] if len(lines) > 1 else lines[0]}") from exc
+    return model
+
+
+def _config(repo_id: str, revision: str | None) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    with open(hf_hub_download(repo_id, "config.json", revision=revision), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _weights(repo_id: str, revision: str | None) -> dict[str, torch.Tensor]:
+    """The state dict in the repository: model.safetensors, else pytorch_model.bin."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(hf_hub_download(repo_id, SAFETENSORS_FILE, revision=revision))
+    except EntryNotFoundError:  # not in the repository, or (offline) not in the cache
+        path = hf_hub_download(repo_id, PICKLE_FILE, revision=revision)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _explain(repo_id: str, exc: Exception) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    files = " ".join(HUB_FILES.get(repo_id, ("config.json", SAFETENSORS_FILE)))
+    get_it = (f"run once with network access, or `hf download {repo_id} {files}` "
+              f"(the cache is {constants.HF_HUB_CACHE})")
+    if isinstance(exc, pickle.UnpicklingError):
+        return (f"{repo_id}: {PICKLE_FILE} holds more than tensors, so it is not loaded "
+                f"(torch.load with weights_only=True refused it: {str(exc).splitlines()[0][:120]})")
+    if isinstance(exc, GatedRepoError):
+        return (f"{repo_id} is gated on the Hugging Face hub: accept its terms and log in "
+                "(`hf auth login`)")
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{repo_id}: no such model repository on the Hugging Face hub (or it is private)"
+    if isinstance(exc, LocalEntryNotFoundError) or constants.is_offline_mode():
+        why = "HF_HUB_OFFLINE=1" if constants.is_offline_mode() else "the hub could not be reached"
+        return f"{repo_id} is not in the Hugging Face cache and {why}: {get_it}"
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return (f"could not get {repo_id} from the Hugging Face hub ({type(exc).__name__}: {detail}); "
+            f"{get_it}")
