@@ -13,9 +13,9 @@ import yaml
 
 from vit_demo import deploy
 from vit_demo.cli import main
-from vit_demo.finetune import DEFAULT_BASE_TIMM
+from vit_demo.finetune.job import DEFAULT_BASE_TIMM
 from vit_demo.hub import FINETUNE_BASE, VITB16_HUB_REPO, preload_from_hub
-from vit_demo.models import DEFAULT_VITB16_HUB
+from vit_demo.registry import DEFAULT_VITB16_HUB
 
 REPO = Path(__file__).resolve().parent.parent
 # ZeroGPU's accepted torch versions and Pythons (the Spaces ZeroGPU page, checked 2026-11-22).

@@ -138,13 +138,12 @@ def _weights(repo_id: str, revision: str | None) -> dict[str, torch.Tensor]:
 
 
 def _explain(repo_id: str, exc: Exception) -> str:
-    from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
     files = " ".join(HUB_FILES.get(repo_id, ("config.json", SAFETENSORS_FILE)))
     get_it = (f"run once with network access, or `hf download {repo_id} {files}` "
-              f"(the cache is {constants.HF_HUB_CACHE})")
+              "into the Hugging Face cache")
     if isinstance(exc, pickle.UnpicklingError):
         return (f"{repo_id}: {PICKLE_FILE} holds more than tensors, so it is not loaded "
                 f"(torch.load with weights_only=True refused it: {str(exc).splitlines()[0][:120]})")

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, default_weights_dir, list_models, load_card, load_model_tensors
 from .data import CIFAR10_DATA_CONFIG, CLASSES, DataConfig
+from .hub import HUB_PREFIX, VITB16_HUB_REPO, HubUnavailable, load_hub_vit
 from .model import ViT, ViTConfig
 
 SCRATCH = "scratch"  # registry key of the shipped scratch model
@@ -35,7 +36,7 @@ SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
 VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
 VITB16_TIMM_NAME = "vit_base_patch16_224"
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
-DEFAULT_VITB16_HUB = "hf-hub:edadaltocg/vit_base_patch16_224_in21k_ft_cifar10"
+DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
 
 READY, LOADING, UNAVAILABLE, NOT_LOADED = "ready", "loading", "unavailable", "not loaded"
 
@@ -260,20 +261,18 @@ class Registry:
                                tuple(card.get("classes", CLASSES)), self.describe_source(key), card)
         if not self.allow_hub:
             raise ModelUnavailable("hub downloads are switched off")
-        import timm
-
-        model = timm.create_model(name, pretrained=True).eval()
+        model, data_cfg = load_hub_vit(name)
         if model.num_classes != len(CLASSES):
             raise ModelUnavailable(f"{name} has {model.num_classes} classes, not CIFAR-10's 10")
-        return LoadedModel(key, self.label(key), ModelKind.TIMM, model, timm_data_config(model),
+        return LoadedModel(key, self.label(key), ModelKind.TIMM, model.eval(), data_cfg,
                            CLASSES, name, None)
 
     def _explain(self, key: str, exc: Exception) -> str:
         folder, name = self.source(key)
         if folder is None:
-            return (f"could not get {name} from the Hugging Face hub ({type(exc).__name__}). "
-                    "Run once with network access so that timm caches it, or set "
-                    f"{VITB16_HUB_ENV} to another hub model.")
+            reason = str(exc) if isinstance(exc, (HubUnavailable, ModelUnavailable)) else (
+                f"could not get {name} from the Hugging Face hub ({type(exc).__name__})")
+            return f"{reason} (another hub model: set {VITB16_HUB_ENV})"
         text = str(exc)
         for path in {str(folder), str(folder.resolve())}:
             text = text.replace(path, self.describe_source(key).split("/")[0])

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import save_tensors
+from ..hub import FINETUNE_BASE
 from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
 from ..registry import VITB16, ModelKind, Registry, load_checkpoint
 from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix
@@ -31,7 +32,7 @@ from .request import FinetuneRequest
 from .zerogpu import gpu_wrapped
 
 BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
-DEFAULT_BASE_TIMM = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+DEFAULT_BASE_TIMM = FINETUNE_BASE
 
 
 class JobError(ValueError):
