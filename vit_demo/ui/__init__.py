@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..examples import build_gallery
 from ..models import SCRATCH, VITB16, Registry
-from . import attention, classify, compare, finetune
+from . import attention, classify, compare, finetune, inside
 from .common import AppContext, model_status, status_markdown
 
 QUEUE_MAX_SIZE = 64  # requests waiting beyond this are refused at once ("queue full")
@@ -43,6 +43,8 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             compare_outputs = compare.build_tab(ctx)
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
+        with gr.Tab("Inside the model") as inside_tab:
+            inside.build_tab(ctx, inside_tab)
         demo.load(lambda: compare.compare(ctx), outputs=compare_outputs, api_visibility="private")
         gr.api(partial(model_status, ctx.registry), api_name="status")
         timer = gr.Timer(3.0)
