@@ -155,3 +155,29 @@ def client(app):
     c = Client(app[0], verbose=False)
     yield c
     c.close()
+
+
+@pytest.fixture(scope="session")
+def vitb16_app(tmp_path_factory, data_dir):
+    """An app whose ViT-B/16 is a random-weight vit_base_patch16_224 saved as the local
+    ``vit-b16-cifar10`` checkpoint, beside the tiny scratch model. Yields (url, context)."""
+    import timm
+
+    from vit_demo.checkpoint import save_model
+    from vit_demo.data import CLASSES
+    from vit_demo.registry import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    folder = tmp_path_factory.mktemp("weights-vitb16")
+    save_tiny_scratch(folder, SCRATCH_CHECKPOINT)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=len(CLASSES))
+    card = {"arch": "timm", "timm_name": "vit_base_patch16_224", "classes": list(CLASSES),
+            "data_config": dict(timm.data.resolve_model_data_config(model))}
+    save_model(folder, VITB16_CHECKPOINT, model.state_dict(), card)
+    del model
+    ctx = create_context(folder, data_dir, allow_hub=False)
+    ctx.registry.get(VITB16)  # waits for the background load
+    demo = build_demo(ctx)
+    yield serve_locally(demo, ctx), ctx
+    demo.close()

@@ -4,6 +4,8 @@
   must be the one the model gives when called directly. A text file gets a readable message.
 - Attention: the overlay the page shows is the one ``/rollout`` makes for the same image and
   the tab's default settings, and its prediction is the model's.
+- Inside the model: opening the tab draws the scratch model's three figures, the same pictures
+  ``/inside`` gives, with a reading under each.
 - Fine-tune: a job started from the form runs and stops on Stop, writing no checkpoint. It runs
   in an app of its own (own weights and resume-state folders), so the shared app stays as it was.
 
@@ -196,6 +198,17 @@ def test_attention_tab_shows_the_overlay_and_prediction(page, app, client, cifar
     np.testing.assert_array_equal(shown, np.asarray(Image.open(expected_path).convert("RGB")))
     expected = direct_top_label(ctx.registry.get("scratch").model, cifar_test.x[2])
     assert prediction.inner_text().strip() == expected
+
+
+def test_inside_tab_shows_the_figures_when_opened(page, client):
+    panel = open_tab(page, "Inside the model")
+    shown = [shown_image(page, block(panel, label)) for label in
+             ("Patch-embedding filters", "Position-embedding similarity", "Mean attention distance")]
+    screenshot(page, "inside-opened")
+    expected = client.predict("both", None, api_name="/inside")[:3]
+    for got, path in zip(shown, expected, strict=True):
+        np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")))
+    assert panel.get_by_text("Look for smooth colour blobs").is_visible()
 
 
 def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):

@@ -179,12 +179,49 @@ def _deploy_parser(sub) -> None:
                                  "(--dry-run lists the files)"))
 
 
+def _inside_parser(sub) -> None:
+    p = sub.add_parser("inside", help="draw the ViT paper's Fig. 7 for a checkpoint in weights/: "
+                       "patch-embedding filters, position-embedding similarity, mean attention distance")
+    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
+    p.add_argument("--out", type=Path, default=ARTIFACTS_DIR,
+                   help="folder for inside-NAME-{filters,positions,distance}.png (default: artifacts/)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.add_argument("--images", type=int, default=256,
+                   help="average the attention distance over the first N CIFAR-10 test images")
+
+
+def cmd_inside(args) -> dict:
+    """Write the three figures of checkpoint ``args.name`` as PNGs; print and return the numbers."""
+    from .data import preprocess_batch
+    from .inside_plots import distance_figure, weight_figures
+
+    model, kind, data_cfg, _ = load_checkpoint(args.weights_dir or default_weights_dir(), args.name)
+    x = preprocess_batch(load_cifar10("test", args.data_dir).x[:args.images], data_cfg)
+    weights = weight_figures(model, kind, args.name)
+    distance = distance_figure(model, kind, x, f"{len(x)} CIFAR-10 test images", args.name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for figure, png in [("filters", weights.filters_png), ("positions", weights.positions_png),
+                        ("distance", distance.png)]:
+        path = args.out / f"inside-{args.name}-{figure}.png"
+        path.write_bytes(png)
+        print(f"wrote {path}")
+    numbers = {**weights.to_json(), "attention_distance": distance.to_json()}
+    print("position similarity by grid distance:", numbers["position_similarity_by_grid_distance"])
+    for layer, heads in enumerate(numbers["attention_distance"]["mean_attention_distance_px"], 1):
+        print(f"layer {layer}: mean attention distance per head (px) {heads}")
+    print(f"uniform attention: {distance.uniform:.3f} px")
+    return numbers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_demo")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
     _deploy_parser(sub)
+    _inside_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "train":
         cmd_train(args)
@@ -194,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         from .deploy import cmd_deploy
 
         return cmd_deploy(args)
+    elif args.command == "inside":
+        cmd_inside(args)
     return 0
 
 

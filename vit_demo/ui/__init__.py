@@ -11,11 +11,11 @@ from pathlib import Path
 import gradio as gr
 
 from ..examples import build_gallery
-from ..registry import SCRATCH, VITB16, Registry
-from . import attention, classify, compare, finetune
 from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
+from ..registry import SCRATCH, VITB16, Registry
 from ..settings import Settings
+from . import attention, classify, compare, finetune, inside
 from .common import AppContext, model_status, status_markdown
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
@@ -53,6 +53,8 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             compare_outputs = compare.build_tab(ctx)
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
+        with gr.Tab("Inside the model") as inside_tab:
+            inside.build_tab(ctx, inside_tab)
         demo.load(lambda: compare.compare(ctx), outputs=compare_outputs, api_visibility="private")
         gr.api(partial(model_status, ctx.registry), api_name="status")
         timer = gr.Timer(3.0)

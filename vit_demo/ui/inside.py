@@ -1,0 +1,235 @@
+"""Inside the model tab: the ViT paper's Fig. 7 (patch-embedding filters, position-embedding
+similarity, mean attention distance) for one model, or two side by side."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from weakref import WeakKeyDictionary
+
+import gradio as gr
+import torch.nn as nn
+from PIL import Image
+
+from ..data import DataUnavailable, Split, load_cifar10, preprocess_batch
+from ..inference import preprocess
+from ..inside import patch_size
+from ..inside_plots import DistanceFigure, WeightFigures, distance_figure, weight_figures
+from ..registry import READY, LoadedModel, ModelUnavailable
+from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_choices, read_image
+
+T = TypeVar("T")
+_PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-inside-"))
+FIGURES = [("filters", "Patch-embedding filters"), ("positions", "Position-embedding similarity"),
+           ("distance", "Mean attention distance")]
+READINGS = {
+    "filters": "Look for smooth colour blobs, gradients and stripes: plausible bases for the fine "
+               "structure inside a patch. Noise means the filters are still near their random start.",
+    "positions": "A learned 2-D grid shows in every small map as a bright spot at the patch's own "
+                 "place fading with distance, often with its row and column brighter than the rest.",
+    "distance": "Low dots are local heads (they look at nearby patches), dots near the dashed line "
+                "global ones; in the paper some heads are global from the first layer, and all "
+                "are in the deep layers.",
+}
+
+
+@dataclass(frozen=True)
+class DistanceImages:
+    """How many CIFAR-10 test images (the first N) the distance figure averages over, by kind
+    of model, when no image is given. ViT-B/16 costs about 140 times the scratch ViT's FLOPs per
+    image (35.1 against 0.25 GFLOPs): at about 0.3 s an image on two CPU cores, 32 images take
+    it about 10 s, once per model."""
+    scratch: int = 256
+    timm: int = 32
+
+    def count(self, kind: str) -> int:
+        return self.timm if kind == "timm" else self.scratch
+
+
+DISTANCE_IMAGES = DistanceImages()
+
+
+class FigureCache:
+    """Figures per model object, each computed once (concurrent requests for the same model
+    wait for the first); a reloaded model (a new fine-tune) is a new object and gets new ones,
+    the old one's go with it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: WeakKeyDictionary[nn.Module, tuple[threading.Lock, dict]] = WeakKeyDictionary()
+
+    def get(self, model: nn.Module, name: str, compute: Callable[[], T]) -> T:
+        with self._lock:
+            lock, entries = self._slots.setdefault(model, (threading.Lock(), {}))
+        with lock:
+            if name not in entries:
+                entries[name] = compute()
+            return entries[name]
+
+
+CACHE = FigureCache()
+
+
+@functools.lru_cache(maxsize=4)
+def cifar_test(data_dir: str | None) -> Split:
+    """The CIFAR-10 test split from this machine's copy, read once (never downloaded here)."""
+    return load_cifar10("test", data_dir, download=False)
+
+
+def png_file(data: bytes) -> str:
+    """``data`` written once to the tab's temp folder, named by its content."""
+    path = _PNG_DIR / f"{hashlib.sha1(data).hexdigest()}.png"
+    if not path.is_file():
+        path.write_bytes(data)
+    return str(path)
+
+
+def model_weights_figures(loaded: LoadedModel) -> WeightFigures:
+    """The filters and position-similarity figures, cached per model."""
+    return CACHE.get(loaded.model, "weights",
+                     lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
+
+
+def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigure:
+    """Mean attention distance over the first CIFAR-10 test images, cached per model."""
+    n = DISTANCE_IMAGES.count(loaded.kind)
+
+    def compute() -> DistanceFigure:
+        x = preprocess_batch(cifar_test(ctx.data_dir).x[:n], loaded.data_cfg)  # (n, C, H, W)
+        return distance_figure(loaded.model, loaded.kind, x, f"{len(x)} CIFAR-10 test images",
+                               loaded.label)
+
+    return CACHE.get(loaded.model, f"distance-cifar10-{n}", compute)
+
+
+def image_distance_figure(loaded: LoadedModel, img: Image.Image) -> DistanceFigure:
+    x = preprocess(img, loaded.data_cfg)  # (1, C, H, W)
+    return distance_figure(loaded.model, loaded.kind, x, "your image", loaded.label)
+
+
+def ready_models(ctx: AppContext, choice: str) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+    """(models to show, reasons for those not shown). Side by side shows the models that are
+    ready; one model chosen alone is loaded now. Raises ``gr.Error`` when none can be shown."""
+    keys = keys_for(choice, ctx.registry)
+    shown: dict[str, LoadedModel] = {}
+    reasons: dict[str, str] = {}
+    for key in keys:
+        status = ctx.registry.status(key)
+        if choice == BOTH and status.state != READY:
+            why = f": {status.reason}" if status.reason else "; it is shown once ready."
+            reasons[key] = f"{status.label} is {status.state}{why}"
+            continue
+        try:
+            shown[key] = ctx.registry.get(key)
+        except ModelUnavailable as exc:
+            reasons[key] = str(exc)
+    if not shown:
+        raise gr.Error(" ".join(reasons.values()))
+    return shown, reasons
+
+
+def _layer_ranges(distance: DistanceFigure) -> str:
+    return ", ".join(f"{i + 1}: {float(row.min()):.1f}-{float(row.max()):.1f}"
+                     for i, row in enumerate(distance.distance))
+
+
+def note(loaded: LoadedModel, weights: WeightFigures, distance: DistanceFigure | None,
+         no_distance: str) -> str:
+    """One paragraph of the numbers behind the three figures of one model."""
+    grid = weights.grid_summary
+    c = weights.components
+    text = (f"**{loaded.label}**: the {len(c.filters)} components shown hold "
+            f"{float(c.explained.sum()):.0%} of the filters' variance. Position similarity: grid "
+            f"neighbours {grid['neighbours']:.2f}, others {grid['others']:.2f}, correlation with "
+            f"grid distance {grid['correlation_with_grid_distance']:.2f}. ")
+    if distance is None:
+        return text + no_distance
+    return text + (f"Mean attention distance over {distance.source} (px, lowest-highest head per "
+                   f"layer): {_layer_ranges(distance)}; uniform attention {distance.uniform:.1f}.")
+
+
+def model_outputs(ctx: AppContext, loaded: LoadedModel, img: Image.Image | None
+                  ) -> tuple[list[str | None], str, dict]:
+    """([filters, positions, distance] PNG paths, note, JSON entry) for one model."""
+    weights = model_weights_figures(loaded)
+    no_distance = ""
+    try:
+        distance = (cifar_distance_figure(ctx, loaded) if img is None
+                    else image_distance_figure(loaded, img))
+    except DataUnavailable as exc:
+        distance = None
+        no_distance = f"No distance figure without an image: {exc}"
+    entry = {"label": loaded.label, "available": True, "kind": loaded.kind,
+             "input_size": list(loaded.data_cfg.input_size[1:]),
+             "patch_size": list(patch_size(loaded.model)),
+             **weights.to_json(),
+             "attention_distance": (distance.to_json() if distance is not None
+                                    else {"available": False, "reason": no_distance})}
+    paths = [png_file(weights.filters_png), png_file(weights.positions_png),
+             None if distance is None else png_file(distance.png)]
+    return paths, note(loaded, weights, distance, no_distance), entry
+
+
+def inside(ctx: AppContext, choice: str, image: str | None) -> tuple:
+    """(left filters, left positions, left distance, right filters, right positions, right
+    distance, notes, values per model). The figures are PNG paths (None where not shown: a
+    model that is not ready leaves its side empty, with the reason in the notes); the
+    values are a dict keyed by registry key with the numbers behind them, or
+    ``available: False`` with the reason."""
+    img = None if image is None else read_image(image)
+    shown, reasons = ready_models(ctx, choice)
+    pictures: list[str | None] = []
+    notes: list[str] = []
+    values: dict[str, dict] = {}
+    for key in keys_for(choice, ctx.registry):
+        if key in reasons:
+            values[key] = {"label": ctx.registry.label(key), "available": False, "reason": reasons[key]}
+            notes.append(reasons[key])
+            pictures += [None] * 3
+            continue
+        paths, text, values[key] = model_outputs(ctx, shown[key], img)
+        pictures += paths
+        notes.append(text)
+    pictures += [None] * (6 - len(pictures))
+    return (*pictures, "\n\n".join(notes), values)
+
+
+def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
+    """The tab's components; its figures fill in when ``tab`` is opened."""
+    gr.Markdown(
+        "What the models learned, drawn as in Fig. 7 of the ViT paper (Dosovitskiy et al. 2020): "
+        "the filters that turn a patch of pixels into a token, how the learned position "
+        "embeddings relate to each other, and how far each attention head looks. The first two "
+        "depend only on the weights; the third is averaged over CIFAR-10 test images, or over "
+        "your image when you give one.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            choice = gr.Dropdown(model_choices(ctx.registry), value=BOTH, label="Model",
+                                 allow_custom_value=True)
+            run = gr.Button("Show figures", variant="primary")
+        with gr.Column(scale=1):
+            image = image_input("Image for the distance figure (optional)")
+    left: list[gr.Image] = []
+    right: list[gr.Image] = []
+    for name, label in FIGURES:
+        with gr.Row():
+            left.append(gr.Image(label=label, type="filepath", format="png", interactive=False))
+            right.append(gr.Image(label=f"{label}, ViT-B/16", type="filepath", format="png",
+                                  interactive=False))
+        gr.Markdown(READINGS[name])
+    notes = gr.Markdown()
+    with gr.Accordion("The numbers behind the figures", open=False):
+        values = gr.JSON(label="Values")
+    handler = functools.partial(inside, ctx)
+    outputs = [*left, *right, notes, values]
+    run.click(handler, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
+    for event in (tab.select, choice.change):
+        event(handler, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
+    choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
+                 api_visibility="private")
