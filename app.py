@@ -1,9 +1,10 @@
 """vit-demo: start the web app (``python app.py``; on Hugging Face Spaces, the app file).
 
 Importing this module builds nothing; ``main()`` loads the models and launches the server.
-Settings (environment): VIT_DEMO_DATA_DIR (CIFAR-10 arrays), VIT_DEMO_DOWNLOAD_DATA=1 (fetch
-CIFAR-10 for the example gallery when there is no local copy, e.g. on a Space),
-VIT_DEMO_WEIGHTS_DIR (checkpoints), VIT_DEMO_VITB16_HUB (ViT-B/16 hub name),
+Settings (environment): VIT_DEMO_DATA_DIR (CIFAR-10 arrays), VIT_DEMO_DOWNLOAD_DATA (1: fetch
+CIFAR-10 at start when there is no local copy; on by default on a Space, where SPACE_ID is set),
+VIT_DEMO_WEIGHTS_DIR (shipped checkpoints), VIT_DEMO_FINETUNE_DIR (fine-tuned ones),
+VIT_DEMO_VITB16_HUB (ViT-B/16 hub name), the limits in ``vit_demo.settings``,
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 """
 
@@ -13,7 +14,9 @@ import os
 def main() -> None:
     from vit_demo.ui import build_demo, create_context, launch_kwargs
 
-    ctx = create_context(download_data=os.environ.get("VIT_DEMO_DOWNLOAD_DATA") == "1")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    download = os.environ.get("VIT_DEMO_DOWNLOAD_DATA", "1" if on_space else "0") == "1"
+    ctx = create_context(download_data=download)
     build_demo(ctx).launch(**launch_kwargs(ctx))
 
 

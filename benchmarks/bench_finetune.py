@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 from vit_demo.checkpoint import save_model  # noqa: E402
 from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, DataConfig,  # noqa: E402
                            DataUnavailable, Split, load_cifar10)
-from vit_demo.finetune import FinetuneRequest, train_job  # noqa: E402
+from vit_demo.finetune.job import prepare, train_job  # noqa: E402
+from vit_demo.finetune.request import FinetuneRequest  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
-from vit_demo.registry import SCRATCH_CHECKPOINT  # noqa: E402
+from vit_demo.registry import SCRATCH_CHECKPOINT, Registry  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
 TINY_PRESET = "cifar10-64x2/4"
@@ -76,7 +77,10 @@ def bench_cpu_job(steps: int, batch: int, data: str | None, warmup: int) -> dict
                                   test_images=1000)
         rates, marks = [], {}
         start = time.perf_counter()
-        for kind, value in train_job(request, data, str(weights), str(Path(tmp) / "state.safetensors")):
+        job = prepare(request, Registry(weights, allow_hub=False), data)
+        marks["prepared"] = time.perf_counter() - start
+        for kind, value in train_job(job, str(Path(tmp) / "state.safetensors"),
+                                     str(Path(tmp) / "bench.safetensors")):
             marks.setdefault(kind, time.perf_counter() - start)
             if kind == "progress" and value["step"] > warmup:
                 rates.append(value["images_per_s"])

@@ -84,16 +84,14 @@ def page(browser, app, request) -> Iterator:
 @pytest.fixture(scope="module")
 def finetune_app(tmp_path_factory, data_dir) -> Iterator[tuple[str, Path]]:
     """An app of its own for fine-tune jobs: the tiny scratch model in its own weights folder,
-    its own resume-state folder. Yields (url, weights folder)."""
-    from vit_demo.finetune import STATE_DIR_ENV
+    its own fine-tune folder. Yields (url, weights folder)."""
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = tmp_path_factory.mktemp("browser-ft-weights")
     save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("browser-ft-state")))
-        ctx = create_context(weights, data_dir, allow_hub=False)
-        demo = build_demo(ctx)
+    ctx = create_context(weights, data_dir, allow_hub=False,
+                         finetune_dir=tmp_path_factory.mktemp("browser-ft-finetuned"))
+    demo = build_demo(ctx)
     url = serve_locally(demo, ctx)
     yield url, weights
     client = Client(url, verbose=False)  # a test that failed half-way may have left a job running
@@ -218,7 +216,7 @@ def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):
         panel = open_tab(page, "Fine-tune")
         for label, value in [("Training images", "3000"), ("Epochs", "10"), ("Batch size", "16"),
                              ("Validation images (0: none)", "0"), ("Test images", "10"),
-                             ("Output name (checkpoint in weights/)", "browser-ft")]:
+                             ("Name of the new model (the server adds a suffix)", "browser-ft")]:
             panel.get_by_label(label, exact=True).fill(value)
         panel.get_by_role("button", name="Start").click()
         panel.get_by_text(re.compile(r"step [1-9]\d*/1870")).wait_for()  # running, past step 0
@@ -226,7 +224,7 @@ def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):
         panel.get_by_role("button", name="Stop").click()
         panel.locator("b", has_text=re.compile(r"^cancelled$")).wait_for()
         log = panel.get_by_label("Log", exact=True)
-        assert "nothing was written to the weights folder" in log.input_value()
+        assert "no model was written" in log.input_value()
         assert not list(weights.glob("browser-ft*"))
     finally:
         screenshot(page, request.node.name)

@@ -129,7 +129,7 @@ def test_tensors_swapped_under_a_card_are_refused(tmp_path):
 def test_unfinished_write_is_not_listed_and_names_cannot_escape(tmp_path):
     _save(tmp_path, "done")
     (tmp_path / "half.safetensors").write_bytes(b"partial")  # no card: an interrupted write
-    registry = Registry(tmp_path, allow_hub=False)
+    registry = Registry(tmp_path / "shipped", allow_hub=False, finetune_dir=tmp_path)
     assert "half" not in registry.keys() and "done" in registry.keys()
     for bad in ("../done", "/etc/passwd", "a/b", ".hidden", ""):
         with pytest.raises(CheckpointError):

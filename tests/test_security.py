@@ -1,15 +1,18 @@
 """Nothing from the page or the API reaches files beyond the uploads, the examples and the
-weights folder (which only the app itself reads), and no checkpoint is ever unpickled.
+weights folder (which only the app itself reads), no checkpoint is ever unpickled, and no
+visitor can change what others see or learn the server's paths.
 
 Covered: model keys that look like paths, file payloads that name server files instead of
 uploads, Gradio's file route (including every file in the weights folder), checkpoint names,
-and pickles dressed as safetensors files.
+pickles dressed as safetensors files, fine-tunes aimed at the shipped model, images sent inline
+that would take gigabytes to decode, server paths in responses, and resume-state folders.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import time
 from pathlib import Path
 
 import httpx
@@ -169,10 +172,125 @@ def test_pickles_named_safetensors_are_refused_unexecuted(tmp_path, tiny_weights
         load_tensors(tensors_file)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_model_tensors(weights, "evil")
-    registry = Registry(weights, allow_hub=False)  # as the app meets it: a fine-tune in weights/
+    registry = Registry(tmp_path / "shipped", allow_hub=False, finetune_dir=weights)  # a fine-tune
     assert "evil" in registry.keys()
     with pytest.raises(ModelUnavailable, match="not a valid safetensors file"):
         registry.get("evil")
     assert not marker.exists()
     unpickle(kind, tensors_file)  # the control: the payload is live, had anything loaded it
     assert marker.exists()
+
+
+def _png_of(width: int, height: int) -> bytes:
+    """A valid greyscale PNG of ``width`` x ``height`` black pixels, made row by row (it is a
+    few hundred KB, its pixels a hundred megabytes and more)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + one byte per pixel
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_inline_images_over_the_pixel_limit_are_refused_before_decoding(app):
+    """A data: URL in the API's JSON is decoded by Gradio before any handler: the process-wide
+    pixel limit refuses it from the header. 169 MP alone, then four 81 MP at once."""
+    import base64
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = app
+    huge = "data:image/png;base64," + base64.b64encode(_png_of(13_000, 13_000)).decode()
+    big = "data:image/png;base64," + base64.b64encode(_png_of(9_000, 9_000)).decode()
+    peak, baseline, done = [0.0], _rss_mb(), threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        event, data = sse_result(url, "classify", [{"url": huge, "meta": {"_type": "gradio.FileData"}}, "scratch"])
+        assert event == "error", data
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: sse_result(url, "classify", [
+                {"url": big, "meta": {"_type": "gradio.FileData"}}, "scratch"]), range(4)))
+        assert all(event == "error" for event, _ in results), results
+    finally:
+        done.set()
+        sampler.join()
+    assert peak[0] - baseline < 200, f"memory rose {peak[0] - baseline:.0f} MB"
+
+
+def test_a_finetune_cannot_replace_the_shipped_model(app, client):
+    url, ctx = app
+    shipped = {p.name: p.read_bytes() for p in ctx.registry.weights_dir.iterdir()}
+    for name in ("scratch", "vit-b16", "both"):
+        with pytest.raises(AppError, match="is a model key of the app"):
+            client.predict(base="scratch", name=name, api_name="/finetune")
+    state = client.predict(base="scratch", name=SCRATCH_CHECKPOINT, train_images=32, steps=1,
+                           batch_size=16, val_images=0, test_images=10, api_name="/finetune")[5]
+    assert state["status"] == "done" and state["model_key"] != SCRATCH_CHECKPOINT
+    assert state["model_key"].startswith(f"{SCRATCH_CHECKPOINT}-")
+    assert {p.name: p.read_bytes() for p in ctx.registry.weights_dir.iterdir()} == shipped
+    assert ctx.registry.get("scratch").source == f"weights/{SCRATCH_CHECKPOINT}.safetensors"
+
+
+def test_no_response_names_a_server_path(app, client, cifar_png):
+    """Everything a client receives: statuses, results, job states, error messages."""
+    import os
+    import tempfile
+
+    url, ctx = app
+    texts = [json.dumps(client.predict(api_name="/status"))]
+    texts.append(json.dumps(client.predict(handle_file(str(cifar_png)), "both", api_name="/classify")))
+    for args in ({"base": "nope"}, {"train_images": 45_000, "epochs": 100, "batch_size": 1024}):
+        with pytest.raises(AppError) as info:
+            client.predict(**args, api_name="/finetune")
+        texts.append(str(info.value))
+    event, data = sse_result(url, "classify", [None, "scratch"])
+    texts.append(data)
+    state = client.predict(api_name="/finetune_status")
+    texts.append(json.dumps(state[5]))
+    texts.append(state[0] + state[3])
+    for secret in {str(REPO), str(ctx.registry.weights_dir.resolve()), str(ctx.store.folder),
+                   tempfile.gettempdir() + "/vit-demo", os.path.expanduser("~") + "/"}:
+        for text in texts:
+            assert secret not in text, (secret, text[:300])
+
+
+def test_resume_state_folders_are_per_instance_and_foreign_files_stay(tmp_path, data_dir):
+    from vit_demo.finetune.request import FinetuneRequest
+    from vit_demo.finetune.runner import DONE, JobRunner
+    from vit_demo.finetune.store import FinetuneStore
+
+    weights = tmp_path / "weights"
+    save_tiny_scratch(weights, SCRATCH_CHECKPOINT)
+
+    def runner(state_dir=None) -> JobRunner:
+        registry = Registry(weights, allow_hub=False, finetune_dir=tmp_path / "ft")
+        return JobRunner(registry, FinetuneStore(tmp_path / "ft", 3), data_dir, state_dir=state_dir)
+
+    assert runner().state_dir != runner().state_dir
+    shared = tmp_path / "state"
+    shared.mkdir()
+    foreign = shared / "another-instance.safetensors"
+    foreign.write_bytes(b"not ours")
+    mine = runner(shared)
+    mine.start(FinetuneRequest(train_images=32, batch_size=16, steps=2, val_images=0,
+                               test_images=10, name="own"), owner="me")
+    assert mine.wait(timeout=60).status == DONE
+    assert foreign.read_bytes() == b"not ours"
+    assert [p.name for p in shared.iterdir()] == [foreign.name]

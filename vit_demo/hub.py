@@ -63,6 +63,7 @@ def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:
     """The hub model ``name`` (``hf-hub:owner/name``, the prefix optional) in eval mode, and
     the data config its input needs. Raises ``HubUnavailable``."""
     import timm
+    from huggingface_hub import constants
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
     repo_id, revision = split_name(name)

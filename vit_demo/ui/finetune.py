@@ -34,20 +34,6 @@ ACCURACY_COLORS = {"train accuracy": "#2563eb", "validation accuracy": "#ea580c"
 Outputs = tuple[str, pd.DataFrame | None, pd.DataFrame | None, str, list[str] | None, dict]
 
 
-class NumberField(gr.Number):
-    """``gr.Number`` that answers a value of the wrong type (from the API) with a clear message
-    instead of an empty error."""
-
-    def get_block_name(self) -> str:
-        return "number"
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (TypeError, ValueError) as exc:
-            raise gr.Error(f"{self.label} must be a number (got {payload!r}).") from exc
-
-
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
@@ -201,7 +187,7 @@ def build_tab(ctx: AppContext) -> JobRunner:
     missing = readiness(ctx, runner.device)
     if missing:
         gr.Markdown("**Before you start:**\n" + missing)
-    number = partial(NumberField, precision=None, min_width=100)
+    number = partial(gr.Number, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
             base = gr.Dropdown(base_choices(ctx), value=d.base, label="Base model")
