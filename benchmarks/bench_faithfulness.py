@@ -12,6 +12,12 @@ Run:
         [--weights-dir weights] [--data-dir DIR] [--threads N] [--json out.json]
 
 Prints a Markdown table (method, deletion, insertion, images, seconds).
+
+    python benchmarks/bench_faithfulness.py --cost [--name ...] [--runs 20]
+
+times instead what the attention tab pays per request, alternately so that machine load
+affects all alike (medians): one forward pass of one image, the default (gradient-weighted) map,
+and the scores of that map with both baselines.
 """
 
 from __future__ import annotations
@@ -90,6 +96,32 @@ def run(name: str, images: int, methods: list[str], steps: int, weights_dir: Pat
     return {m: mean_scores(s) for m, s in per_method.items()}, time.perf_counter() - start
 
 
+def cost(name: str, weights_dir: Path, runs: int) -> dict[str, float]:
+    """Median ms of a forward pass, the gradient-weighted map and its scores, for one image."""
+    import statistics
+
+    from vit_demo.faithfulness import faithfulness
+
+    model, kind, data_cfg, _ = load_checkpoint(weights_dir, name)
+    x = torch.randn(1, *data_cfg.input_size, generator=torch.Generator().manual_seed(0))
+    heatmap = explain(model, kind, x, method="grad")["map"][0]
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    fns = {"forward pass": forward, "gradient-weighted map": lambda: explain(model, kind, x, method="grad"),
+           "deletion + insertion scores": lambda: faithfulness(model, x, heatmap)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(runs + 2):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if i >= 2:  # two warm-up rounds
+                times[k].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="vit-scratch-cifar10", help="checkpoint in the weights folder")
@@ -100,7 +132,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--cost", action="store_true", help="time one request's parts instead")
+    parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args(argv)
+    if args.cost:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        medians = cost(args.name, args.weights_dir or default_weights_dir(), args.runs)
+        print(f"\n{args.name}, one image, {torch.get_num_threads()} threads, median of {args.runs}\n")
+        for k, ms in medians.items():
+            print(f"- {k}: {ms:.1f} ms")
+        return medians
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

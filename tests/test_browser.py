@@ -229,6 +229,7 @@ def test_attention_scores_stand_beside_the_map(page, tmp_path, cifar_test):
         assert words in text
     assert len(re.findall(r"\b[01]\.\d{3}\b", text)) == 6  # two scores for each of three orders
     assert re.search(r"explains the prediction (better|no better) than a centre guess", text)
+    assert overlay.get_by_test_id("block-label").filter(visible=True).count() == 0  # nothing on the map
     map_box, scores_box = overlay.bounding_box(), scores.bounding_box()
     assert 0 <= scores_box["y"] - (map_box["y"] + map_box["height"]) < 80  # right below the map
     assert scores_box["x"] < map_box["x"] + map_box["width"] and map_box["x"] < scores_box["x"] + scores_box["width"]
@@ -269,6 +270,21 @@ def test_first_screen_on_a_phone(browser, app, request):
             open_tab(page, tab)
             page.wait_for_timeout(300)
             assert page_width_overflow(page) <= 0, tab
+    finally:
+        screenshot(page, request.node.name)
+        context.close()
+
+
+def test_attention_result_fits_a_phone(browser, app, cifar_test, tmp_path, request):
+    context, page = open_page(browser, app[0], PHONE)
+    try:
+        panel = open_tab(page, "Attention")
+        upload_image(panel, "Image", save_cifar(tmp_path, cifar_test, 8))
+        panel.get_by_role("button", name="Show attention").click()
+        panel.locator(f"{ATTENTION_LEFT}-faithfulness").get_by_text("centre first").wait_for()
+        assert page_width_overflow(page) <= 0
+        map_box = panel.locator(ATTENTION_LEFT).bounding_box()
+        assert map_box["x"] >= 0 and map_box["x"] + map_box["width"] <= PHONE["width"]
     finally:
         screenshot(page, request.node.name)
         context.close()
