@@ -366,7 +366,10 @@ def vitb16_app(tmp_path_factory, data_dir):
 def test_rollout_api_both_models_side_by_side(vitb16_app, cifar_test, tmp_path):
     import timm
 
+    from vit_demo.ui.common import default_choice
+
     url, ctx = vitb16_app
+    assert default_choice(ctx.registry) == "both"  # both ready: side by side by default
     loaded = ctx.registry.get("vit-b16")
     assert loaded.source == "weights/vit-b16-cifar10.safetensors"
     pixels = cifar_test.x[16].numpy()

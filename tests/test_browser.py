@@ -250,6 +250,16 @@ def test_a_photo_dropped_in_classify_is_the_photo_in_attention(page, tmp_path, c
         state="attached")
 
 
+def test_an_example_picked_in_attention_is_the_photo_in_classify(page):
+    attention = open_tab(page, "Attention")
+    attention.locator("[data-testid=examples] img, .gallery img").nth(3).click()
+    image = block(attention, "Image").locator("img").first
+    image.wait_for()
+    name = Path(image.get_attribute("src").split("?")[0]).name  # e.g. cifar10-test-00025-bird.png
+    assert name.startswith("cifar10-test-")
+    block(open_tab(page, "Classify"), "Image").locator(f"img[src*='{name}']").wait_for(state="attached")
+
+
 def page_width_overflow(page) -> int:
     """How many pixels the page is wider than the screen (0 when it fits)."""
     return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
