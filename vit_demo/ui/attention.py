@@ -17,12 +17,12 @@ from ..attention import explain
 from ..data import CLASSES
 from ..faithfulness import Faithfulness, faithfulness
 from ..inference import preprocess
-from ..models import LoadedModel, ModelUnavailable
+from ..models import VITB16, LoadedModel, ModelUnavailable
 from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
 from ..rollout import HEAD_FUSIONS
-from .common import (INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
-                     model_dropdown, read_image, side_titles, unavailable_message, unavailable_note,
-                     user_errors)
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for,
+                     model_choices, model_dropdown, read_image, side_titles, unavailable_message,
+                     unavailable_note, user_errors)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
 MAX_DISCARD_RATIO = 0.99
@@ -270,7 +270,8 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
                 opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity", min_width=120)
             grid = gr.Checkbox(False, label="Show the patch grid")
             faithfulness_all = gr.Checkbox(
-                False, label="Score ViT-B/16's maps too (slow on a CPU: 44 forward passes at 224 px)")
+                False, visible=choice.value in (BOTH, VITB16),
+                label="Score ViT-B/16's maps too (slow on a CPU: 44 forward passes at 224 px)")
             run = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=2, min_width=280):
             _, both = side_titles(choice.value, ctx.registry)
@@ -297,8 +298,13 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
     method.change(control_visibility, inputs=[method],
                   outputs=[head_fusion, discard_ratio, start_layer, target_class, layer, head],
                   api_visibility="private", queue=False)
-    choice.change(lambda c: gr.Column(visible=side_titles(c, ctx.registry)[1]), inputs=[choice],
-                  outputs=[right_side], api_visibility="private", queue=False)
+    def show_sides(c: str):
+        """The right side with "both"; the ViT-B/16 scoring switch only where it is used."""
+        return (gr.Column(visible=side_titles(c, ctx.registry)[1]),
+                gr.Checkbox(visible=c in (BOTH, VITB16)))
+
+    choice.change(show_sides, inputs=[choice], outputs=[right_side, faithfulness_all],
+                  api_visibility="private", queue=False)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")
     return image, gallery, choice
