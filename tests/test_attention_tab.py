@@ -15,12 +15,16 @@ from PIL import Image
 from vit_demo.attention import explain
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
 from vit_demo.inference import preprocess
-from vit_demo.overlay import (COLORMAPS, check_colormap, display_scale, grid_lines, model_view,
-                              normalize, overlay, upsample, value_grid)
+from vit_demo.data import DataConfig
+from vit_demo.faithfulness import faithfulness
+from vit_demo.overlay import (COLORMAPS, MAX_DISPLAY_SIDE, OUTSIDE_DIM, check_colormap, crop_box,
+                              display_photo, display_scale, grid_lines, model_view, normalize,
+                              overlay, photo_overlay, upsample, value_grid)
 
 DEFAULTS = {"choice": "both", "method": "rollout", "head_fusion": "mean", "discard_ratio": 0.0,
             "start_layer": 0, "target_class": "predicted", "layer": -1, "head": None,
-            "colormap": "jet", "opacity": 0.5, "grid": True}
+            "colormap": "jet", "opacity": 0.5, "grid": True, "view": "photo",
+            "faithfulness_all": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,11 +78,11 @@ def test_opacity_one_is_the_colormap_alone():
 
 def test_unknown_colormap_and_bad_arguments_are_refused():
     image = np.zeros((32, 32, 3), np.uint8)
-    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+    with pytest.raises(ValueError, match="Unknown colormap 'nope'"):
         overlay(image, np.ones((8, 8)), "nope")
-    with pytest.raises(ValueError, match="unknown colormap"):
+    with pytest.raises(ValueError, match="Unknown colormap"):
         check_colormap("Jet")
-    with pytest.raises(ValueError, match="opacity"):
+    with pytest.raises(ValueError, match="Opacity must be between 0 and 1"):
         overlay(image, np.ones((8, 8)), opacity=1.5)
     with pytest.raises(ValueError, match="rows, cols"):
         overlay(image, np.ones(64))
@@ -115,6 +119,54 @@ def test_normalize_and_value_grid():
     assert normalize(np.full((2, 3), 0.7)).tolist() == [[0.0] * 3] * 2
     grid = value_grid(np.array([[0.0123456, 1.0], [2.5e-5, 123456.0], [0.5, 0.25]]))
     assert grid == [[0.01235, 1.0], [2.5e-05, 123500.0], [0.5, 0.25]]
+
+
+@pytest.mark.parametrize("size, cfg", [
+    ((300, 200), DataConfig((3, 32, 32), (0.5,) * 3, (0.5,) * 3)),
+    ((200, 300), DataConfig((3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9)),
+    ((640, 480), DataConfig((3, 224, 224), (0.5,) * 3, (0.5,) * 3, "bilinear", 0.875)),
+    ((32, 32), DataConfig((3, 32, 32), (0.5,) * 3, (0.5,) * 3)),
+])
+def test_crop_box_is_the_region_preprocess_keeps(size, cfg):
+    """A photo whose pixels say where they are: the region ``crop_box`` names, resized to the
+    model's input, is (up to resampling) what ``preprocess`` gives."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), np.zeros_like(xx)], -1).astype(np.uint8)
+    x = preprocess(Image.fromarray(photo), cfg)[0].numpy()
+    seen = model_view(x, cfg.mean, cfg.std).astype(float)  # (H, W, 3)
+    left, top, right, bottom = crop_box(size, cfg.input_size[1:], cfg.crop_pct)
+    assert 0 <= left < right <= w and 0 <= top < bottom <= h
+    # the model's first and last columns/rows sample the photo near the box's borders
+    in_h, in_w = cfg.input_size[1:]
+    for got, lo, hi, n, full in ((seen[in_h // 2, :, 0], left, right, in_w, w),
+                                 (seen[:, in_w // 2, 1], top, bottom, in_h, h)):
+        centres = lo + (np.arange(n) + 0.5) * (hi - lo) / n  # photo coordinate of each input pixel
+        np.testing.assert_allclose(got / 255 * (full - 1), centres - 0.5, atol=1.5 + (full / n))
+
+
+def test_photo_overlay_keeps_the_photo_resolution_and_dims_what_the_model_did_not_see():
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (300, 450, 3), dtype=np.uint8)  # wider than tall
+    heatmap = rng.uniform(size=(8, 8))
+    box = crop_box((450, 300), (32, 32), 1.0)  # the centre 300 x 300 square
+    assert box == pytest.approx((75.0, 0.0, 375.0, 300.0))
+    out = photo_overlay(photo, heatmap, box, "gray", opacity=0.5)
+    assert out.shape == photo.shape  # the photo's own resolution, not the 32 px input enlarged
+    np.testing.assert_allclose(out[:, :75], photo[:, :75] * OUTSIDE_DIM, atol=0.5 + 1e-9)
+    np.testing.assert_allclose(out[:, 375:], photo[:, 375:] * OUTSIDE_DIM, atol=0.5 + 1e-9)
+    inside = overlay(photo[:, 75:375], heatmap, "gray", opacity=0.5)  # the map on the crop alone
+    np.testing.assert_array_equal(out[:, 75:375], inside)
+    # at opacity 0 the crop is the photo itself, pixel for pixel
+    plain = photo_overlay(photo, heatmap, box, opacity=0.0)
+    np.testing.assert_array_equal(plain[:, 75:375], photo[:, 75:375])
+    # a big photo is shrunk to MAX_DISPLAY_SIDE on its long side; a small one enlarged by blocks
+    big, scale = display_photo(np.zeros((1000, 2000, 3), np.uint8))
+    assert big.shape == (MAX_DISPLAY_SIDE // 2, MAX_DISPLAY_SIDE, 3) and scale == MAX_DISPLAY_SIDE / 2000
+    small, scale = display_photo(np.zeros((32, 32, 3), np.uint8))
+    assert small.shape == (224, 224, 3) and scale == 7
+    with pytest.raises(ValueError, match="outside the photo"):
+        photo_overlay(photo, heatmap, (500, 0, 600, 10))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +212,7 @@ def test_rollout_api_scratch_equals_explain_and_vitb16_is_unavailable(settings, 
                                                                       cifar_test, tmp_path):
     _, ctx = app
     pixels = cifar_test.x[11].numpy()
-    left, right, left_label, right_label, values, notes = _rollout(
+    left, right, left_label, right_label, values, notes, left_faith, right_faith = _rollout(
         client, _save_png(tmp_path, pixels), **settings)
 
     model = ctx.registry.get("scratch").model
@@ -187,7 +239,9 @@ def test_rollout_api_scratch_equals_explain_and_vitb16_is_unavailable(settings, 
     assert right is None and not right_label
     assert values["vit-b16"]["available"] is False
     assert "unavailable" in values["vit-b16"]["reason"]
-    assert "ViT-B/16" in notes and "unavailable" in notes and "8x8 patches" in notes
+    assert "ViT-B/16" in notes and "not available" in notes and "8x8 patches" in notes
+    assert "Error" not in notes and not right_faith
+    assert "deletion" in left_faith and "centre first" in left_faith
 
 
 def test_rollout_api_at_opacity_zero_shows_the_pixels_the_model_saw(client, cifar_test, tmp_path):
@@ -198,13 +252,45 @@ def test_rollout_api_at_opacity_zero_shows_the_pixels_the_model_saw(client, cifa
     np.testing.assert_array_equal(shown, pixels.repeat(7, axis=0).repeat(7, axis=1))
 
 
+def test_rollout_api_on_a_photo_and_as_the_model_saw_it(client, app, tmp_path):
+    """A 96 x 64 photo: by default the map lies over the photo at its own resolution (enlarged
+    by blocks to 224 px high); "model" shows the 32 px input enlarged instead. The scores beside
+    the map are ``faithfulness`` computed directly on the same map and input."""
+    _, ctx = app
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    path = _save_png(tmp_path, pixels, "photo.png")
+    on_photo, _, label, _, values, _, text, _ = _rollout(client, path, choice="scratch")
+    shown = np.asarray(Image.open(on_photo).convert("RGB"))
+    assert shown.shape == (64 * 4, 96 * 4, 3)  # 224 / 64 rounds up to 4
+    model = ctx.registry.get("scratch").model
+    x = preprocess(Image.fromarray(pixels), CIFAR10_DATA_CONFIG)
+    exact = explain(model, "scratch", x, method="rollout")["map"][0].numpy()
+    np.testing.assert_allclose(values["scratch"]["values"], exact, rtol=1e-3, atol=1e-12)
+    box = crop_box((96, 64), (32, 32), 1.0)
+    np.testing.assert_allclose(shown, photo_overlay(pixels, exact, box, "jet", 0.5, True), atol=1)
+    model_seen, *_ = _rollout(client, path, choice="scratch", view="model")
+    seen = model_view(x[0].numpy(), CIFAR10_DATA_CONFIG.mean, CIFAR10_DATA_CONFIG.std)
+    np.testing.assert_allclose(np.asarray(Image.open(model_seen).convert("RGB")),
+                               overlay(seen, exact, "jet", 0.5, True), atol=1)
+    direct = faithfulness(model, x, exact, CLASSES.index(label["label"]))
+    got = values["scratch"]["faithfulness"]
+    assert got["steps"] == direct.steps
+    for name in ("map", "random", "centre"):
+        for metric in ("deletion", "insertion"):
+            assert got[name][metric] == pytest.approx(getattr(getattr(direct, name), metric), abs=2e-3)
+    assert f"{direct.map.deletion:.3f}" in text and f"{direct.centre.insertion:.3f}" in text
+    assert "centre guess" in text
+
+
 def test_rollout_api_vitb16_alone_offline_is_a_clear_error(client, cifar_test, tmp_path):
     with pytest.raises(AppError, match="unavailable.*Hugging Face hub"):
         _rollout(client, _save_png(tmp_path, cifar_test.x[13].numpy()), choice="vit-b16")
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"start_layer": 5}, r"Start layer 5 is outside Scratch ViT \(CIFAR-10\)'s 2 layers: use 0 to 1"),
+    ({"start_layer": 5}, r"Scratch ViT \(CIFAR-10\): Start layer 5 is outside the model's 2 layers: "
+                         "use 0 to 1"),
     ({"method": "grad", "start_layer": -1}, "Start layer -1 is outside"),
     ({"method": "raw", "layer": 2}, "Layer 2 is outside .* 2 layers"),
     ({"method": "raw", "head": 2}, "Head 2 is outside .* 2 heads: use 0 to 1"),
@@ -220,14 +306,21 @@ def test_rollout_api_refuses_bad_settings_with_a_reason(settings, message, clien
 
 
 def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
+    """The core refuses what it cannot do with a ValueError written for the visitor; the app's
+    one wrapper (``user_errors``) shows it as a gr.Error."""
     import gradio as gr
 
-    from vit_demo.ui.attention import rollout
+    from vit_demo.ui.attention import rollout as raw_rollout
+    from vit_demo.ui.common import user_errors
 
+    rollout = user_errors(raw_rollout)
     _, ctx = app
     path = _save_png(tmp_path, cifar_test.x[15].numpy())
-    for settings, message in [({"discard_ratio": 1.0}, "Discard ratio must be between 0 and 0.99"),
+    with pytest.raises(ValueError, match="Discard ratio must be at least 0 and below 1"):
+        raw_rollout(ctx, path, *{**DEFAULTS, "discard_ratio": 1.0}.values())
+    for settings, message in [({"discard_ratio": 1.0}, "Discard ratio must be at least 0 and below 1"),
                               ({"opacity": -0.1}, "Opacity must be between 0 and 1"),
+                              ({"view": "x-ray"}, "Unknown view 'x-ray'"),
                               ({"start_layer": 0.5}, "Start layer must be a whole number"),
                               ({"head": float("nan")}, "Head must be a whole number"),
                               ({"colormap": "rainbow-ish"}, "Unknown colormap 'rainbow-ish'"),
@@ -247,17 +340,21 @@ def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
 def test_rollout_api_both_models_side_by_side(vitb16_app, cifar_test, tmp_path):
     import timm
 
+    from vit_demo.ui.common import default_choice
+
     url, ctx = vitb16_app
+    assert default_choice(ctx.registry) == "both"  # both ready: side by side by default
     loaded = ctx.registry.get("vit-b16")
     assert loaded.source == "weights/vit-b16-cifar10.safetensors"
     pixels = cifar_test.x[16].numpy()
     path = _save_png(tmp_path, pixels)
     client = Client(url, verbose=False)
     try:
-        left, right, left_label, right_label, values, notes = _rollout(client, path)
-        with pytest.raises(AppError, match="Start layer 8 is outside Scratch ViT.*2 layers"):
+        left, right, left_label, right_label, values, notes, left_faith, right_faith = _rollout(
+            client, path)
+        with pytest.raises(AppError, match="Scratch ViT.*Start layer 8 is outside the model's 2 layers"):
             _rollout(client, path, start_layer=8)  # fine for ViT-B/16's 12 layers, not scratch's 2
-        with pytest.raises(AppError, match="Head 11 is outside Scratch ViT.*2 heads"):
+        with pytest.raises(AppError, match="Scratch ViT.*Head 11 is outside the model's 2 heads"):
             _rollout(client, path, method="raw", head=11)
     finally:
         client.close()
@@ -277,3 +374,6 @@ def test_rollout_api_both_models_side_by_side(vitb16_app, cifar_test, tmp_path):
     assert left_label["label"] == values["scratch"]["prediction"]["class"]
     assert np.asarray(Image.open(left).convert("RGB")).shape == (224, 224, 3)
     assert "14x14 patches, 12 layers of 12 heads" in notes and "8x8 patches, 2 layers of 2 heads" in notes
+    # the scratch map is scored on every request, ViT-B/16's only when asked
+    assert values["scratch"]["faithfulness"] is not None and values["vit-b16"]["faithfulness"] is None
+    assert "deletion" in left_faith and "not scored" in right_faith

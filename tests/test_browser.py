@@ -6,6 +6,14 @@
   the tab's default settings, and its prediction is the model's.
 - Inside the model: opening the tab draws the scratch model's three figures, the same pictures
   ``/inside`` gives, with a reading under each.
+- Attention: the deletion and insertion scores of the map stand right beside it.
+- One image for the visit: a photo dropped in Classify is the photo of the Attention tab.
+- First look: at 400 px (a phone) the page is no wider than the screen and the tabs and the drop
+  zone start within the first 1,200 px; the model status is a row of badges whose state is the
+  registry's at page load (an unavailable model never shows "loading"), with no exception text;
+  the default model is the scratch one while ViT-B/16 is unavailable.
+- Compare: at 1280 and 400 px every confusion matrix is shown whole (not cropped), at its own
+  aspect ratio, and the table headers do not break inside a word.
 - Fine-tune: a job started from the form runs and stops on Stop, writing no checkpoint. It runs
   in an app of its own (own weights and resume-state folders), so the shared app stays as it was.
 
@@ -41,7 +49,10 @@ ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # generous: CI machines may be busy training
-LEFT_LABEL = "Scratch ViT / chosen model"  # left output of the classify and attention tabs
+LEFT_LABEL = "Scratch ViT (CIFAR-10)"  # left output of the classify tab: the chosen model
+ATTENTION_LEFT = "#attention-left"  # the attention tab's left map (its title is beside it)
+PHONE = {"width": 400, "height": 800}
+FIRST_SCREENS_PX = 1200  # the tabs and the drop zone must start within this on a phone
 
 
 def chromium_path() -> str:
@@ -62,9 +73,9 @@ def browser() -> Iterator:
         chromium.close()
 
 
-def open_page(browser, url: str):
-    """(context, page) on ``url``, loaded."""
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+def open_page(browser, url: str, viewport: dict | None = None):
+    """(context, page) on ``url``, loaded (1280 x 1000 unless ``viewport`` says otherwise)."""
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto(url)
@@ -108,8 +119,14 @@ def screenshot(page, name: str) -> Path:
 
 
 def open_tab(page, name: str):
-    """Select tab ``name``; returns its panel (Gradio keeps one tab panel shown)."""
-    page.get_by_role("tab", name=name).click()
+    """Select tab ``name`` (from the "More tabs" menu if the screen is too narrow for it);
+    returns its panel (Gradio keeps one tab panel shown)."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count():
+        tab.click()
+    else:
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=name).click()
     return page.get_by_role("tabpanel").filter(visible=True)
 
 
@@ -185,7 +202,7 @@ def test_attention_tab_shows_the_overlay_and_prediction(page, app, client, cifar
     panel = open_tab(page, "Attention")
     upload_image(panel, "Image", path)
     panel.get_by_role("button", name="Show attention").click()
-    overlay = block(panel, LEFT_LABEL)
+    overlay = panel.locator(ATTENTION_LEFT)
     shown = shown_image(page, overlay)
     prediction = block(panel, "Prediction").first.get_by_test_id("label-output-value")
     prediction.wait_for()
@@ -207,6 +224,176 @@ def test_inside_tab_shows_the_figures_when_opened(page, client):
     for got, path in zip(shown, expected, strict=True):
         np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")))
     assert panel.get_by_text("Look for smooth colour blobs").is_visible()
+
+
+def test_attention_scores_stand_beside_the_map(page, tmp_path, cifar_test):
+    path = save_cifar(tmp_path, cifar_test, 5)
+    panel = open_tab(page, "Attention")
+    upload_image(panel, "Image", path)
+    panel.get_by_role("button", name="Show attention").click()
+    overlay = panel.locator(ATTENTION_LEFT)
+    overlay.locator("img").first.wait_for()
+    scores = panel.locator(f"{ATTENTION_LEFT}-faithfulness")
+    scores.get_by_text("centre first").wait_for()
+    screenshot(page, "attention-scores")
+    text = scores.inner_text()
+    for words in ("this map", "random order", "centre first", "deletion", "insertion"):
+        assert words in text
+    assert len(re.findall(r"\b[01]\.\d{3}\b", text)) == 6  # two scores for each of three orders
+    assert re.search(r"explains the prediction (better|no better) than a centre guess", text)
+    assert overlay.get_by_test_id("block-label").filter(visible=True).count() == 0  # nothing on the map
+    map_box, scores_box = overlay.bounding_box(), scores.bounding_box()
+    assert 0 <= scores_box["y"] - (map_box["y"] + map_box["height"]) < 80  # right below the map
+    assert scores_box["x"] < map_box["x"] + map_box["width"] and map_box["x"] < scores_box["x"] + scores_box["width"]
+
+
+def test_a_photo_dropped_in_classify_is_the_photo_in_attention(page, tmp_path, cifar_test):
+    path = save_cifar(tmp_path, cifar_test, 6)
+    upload_image(open_tab(page, "Classify"), "Image", path)
+    attention = open_tab(page, "Attention")
+    block(attention, "Image").locator(f"img[src*='{path.name}']").wait_for(state="attached")
+    screenshot(page, "shared-image-in-attention")
+    attention.get_by_role("button", name="Show attention").click()  # usable there as it is
+    attention.locator(f"{ATTENTION_LEFT} img").first.wait_for()
+    # and back: a photo dropped in Attention replaces it in Classify
+    other = save_cifar(tmp_path, cifar_test, 7)
+    upload_image(attention, "Image", other)
+    block(open_tab(page, "Classify"), "Image").locator(f"img[src*='{other.name}']").wait_for(
+        state="attached")
+
+
+def test_an_example_picked_in_attention_is_the_photo_in_classify(page):
+    attention = open_tab(page, "Attention")
+    attention.locator("[data-testid=examples] img, .gallery img").nth(3).click()
+    image = block(attention, "Image").locator("img").first
+    image.wait_for()
+    name = Path(image.get_attribute("src").split("?")[0]).name  # e.g. cifar10-test-00025-bird.png
+    assert name.startswith("cifar10-test-")
+    block(open_tab(page, "Classify"), "Image").locator(f"img[src*='{name}']").wait_for(state="attached")
+
+
+def page_width_overflow(page) -> int:
+    """How many pixels the page is wider than the screen (0 when it fits)."""
+    return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+
+
+def test_first_screen_on_a_phone(browser, app, request):
+    context, page = open_page(browser, app[0], PHONE)
+    try:
+        badges = page.locator("#model-status .model-badge")
+        badges.first.wait_for()
+        screenshot(page, "phone-first-screen")
+        assert page_width_overflow(page) <= 0
+        assert page.get_by_role("tab").count() == 4  # all four tabs fit: no "More tabs" menu
+        tab_top = page.get_by_role("tab", name="Classify").bounding_box()["y"]
+        drop_top = block(page.get_by_role("tabpanel").filter(visible=True), "Image").bounding_box()["y"]
+        assert tab_top < FIRST_SCREENS_PX and drop_top < FIRST_SCREENS_PX, (tab_top, drop_top)
+        for tab in ("Attention", "Compare", "Fine-tune"):
+            open_tab(page, tab)
+            page.wait_for_timeout(300)
+            assert page_width_overflow(page) <= 0, tab
+    finally:
+        screenshot(page, request.node.name)
+        context.close()
+
+
+def test_attention_result_fits_a_phone(browser, app, cifar_test, tmp_path, request):
+    context, page = open_page(browser, app[0], PHONE)
+    try:
+        panel = open_tab(page, "Attention")
+        upload_image(panel, "Image", save_cifar(tmp_path, cifar_test, 8))
+        panel.get_by_role("button", name="Show attention").click()
+        panel.locator(f"{ATTENTION_LEFT}-faithfulness").get_by_text("centre first").wait_for()
+        assert page_width_overflow(page) <= 0
+        map_box = panel.locator(ATTENTION_LEFT).bounding_box()
+        assert map_box["x"] >= 0 and map_box["x"] + map_box["width"] <= PHONE["width"]
+    finally:
+        screenshot(page, request.node.name)
+        context.close()
+
+
+def test_model_status_is_current_and_plain_at_page_load(browser, app):
+    """The hub load failed long ago (offline): the first thing the page says is "unavailable",
+    never "loading"; the reason is short, the details one click away, no exception text."""
+    _, ctx = app
+    ctx.registry.load_in_background("vit-b16").join()
+    assert ctx.registry.status("vit-b16").state == "unavailable"
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    states = []
+    page.expose_function("record", lambda state: states.append(state))
+    page.add_init_script("""new MutationObserver(() => {
+        const b = document.querySelector('#model-status [data-model="vit-b16"]');
+        if (b) window.record(b.dataset.state);
+    }).observe(document, {subtree: true, childList: true, attributes: true});""")
+    try:
+        page.goto(app[0])
+        badge = page.locator('#model-status [data-model="vit-b16"]')
+        badge.wait_for()
+        page.wait_for_timeout(1500)
+        assert set(states) == {"unavailable"}, states
+        assert "weights not on this server" in badge.inner_text()
+        body = page.locator("body").inner_text()
+        assert "Error" not in body and "LocalEntryNotFound" not in body
+        choice = open_tab(page, "Classify").get_by_label("Model")
+        assert choice.input_value() == "Scratch ViT (CIFAR-10)"  # not "both": ViT-B/16 is missing
+        page.get_by_text("Model details").click()
+        details = page.locator("#model-details")
+        details.get_by_text("network access").wait_for()
+        screenshot(page, "model-details-open")
+        assert "Error" not in details.inner_text()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def measured_app(tmp_path_factory, cifar_test) -> Iterator[str]:
+    """An app whose scratch model's card holds measured figures (200 test images), so the
+    compare tab draws a confusion matrix. Yields its URL."""
+    from vit_demo.checkpoint import load_card
+    from vit_demo.evaluate import model_metrics, store_metrics
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    weights = tmp_path_factory.mktemp("browser-measured-weights")
+    model = save_tiny_scratch(weights, SCRATCH_CHECKPOINT, seed=1)
+    store_metrics(weights, load_card(weights, SCRATCH_CHECKPOINT),
+                  model_metrics(model, cifar_test.subset(torch.arange(200)), CIFAR10_DATA_CONFIG,
+                                len(CLASSES), latency_runs=2))
+    demo = build_demo(create_context(weights, None, allow_hub=False))
+    yield serve_locally(demo)
+    demo.close()
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 1000}, PHONE], ids=["1280", "400"])
+def test_compare_figures_are_whole(browser, measured_app, viewport, request):
+    """Each confusion matrix is drawn at its own aspect ratio, inside the page, not cropped
+    (object-fit cover would fill a box of another shape by cutting it); headers stay whole."""
+    context, page = open_page(browser, measured_app, viewport)
+    try:
+        panel = open_tab(page, "Compare")
+        images = panel.locator("#compare-figures img")
+        images.first.wait_for()
+        page.wait_for_function("[...document.querySelectorAll('#compare-figures img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        screenshot(page, f"compare-{viewport['width']}")
+        for i in range(images.count()):
+            img = images.nth(i)
+            facts = img.evaluate("""i => ({fit: getComputedStyle(i).objectFit, w: i.clientWidth,
+                h: i.clientHeight, nw: i.naturalWidth, nh: i.naturalHeight,
+                right: i.getBoundingClientRect().right})""")
+            assert facts["fit"] != "cover"
+            assert facts["w"] > 0 and abs(facts["w"] / facts["h"] - facts["nw"] / facts["nh"]) < 0.02, facts
+            assert facts["w"] <= facts["nw"] and facts["right"] <= viewport["width"], facts
+            assert facts["w"] >= min(facts["nw"], 0.8 * viewport["width"]) - 40, facts  # readable size
+        assert page_width_overflow(page) <= 0
+        # header cells: one line each, as wide as their words (no break inside a word)
+        for th in panel.locator("#compare-summary th").all():
+            lines = th.evaluate("e => Math.round(e.getBoundingClientRect().height / "
+                                "parseFloat(getComputedStyle(e).lineHeight))")
+            assert lines == 1, th.inner_text()
+    finally:
+        screenshot(page, request.node.name)
+        context.close()
 
 
 def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):

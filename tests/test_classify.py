@@ -67,16 +67,18 @@ def test_classify_both_without_hub_reports_vitb16_unavailable(client, cifar_test
     left, right, notes = client.predict(handle_file(str(path)), "both", api_name="/classify")
     assert left["label"] in CLASSES and len(left["confidences"]) == 5
     assert not right
-    assert "ViT-B/16" in notes and "unavailable" in notes
-    assert "network" in notes and "vit-b16-cifar10" in notes
+    # named once, briefly, pointing at the details; no exception text in the page
+    assert "ViT-B/16" in notes and "not available" in notes and "Model details" in notes
+    assert "Error" not in notes and "hf-hub" not in notes
 
 
 def test_classify_vitb16_alone_without_hub_is_a_clear_error(client, cifar_test, tmp_path):
     from gradio_client.exceptions import AppError
 
     path = _save_png(tmp_path, cifar_test.x[4])
-    with pytest.raises(AppError, match="unavailable.*Hugging Face hub"):
+    with pytest.raises(AppError, match="unavailable.*Hugging Face hub.*network access") as info:
         client.predict(handle_file(str(path)), "vit-b16", api_name="/classify")
+    assert "Error:" not in str(info.value)
 
 
 def test_classify_unknown_model_is_refused(client, cifar_test, tmp_path):
@@ -99,3 +101,26 @@ def test_status_api_lists_every_model_with_its_state(client, cifar_test, tmp_pat
     assert vit["state"] == "unavailable" and vit["kind"] == "timm"
     assert vit["source"] == "hf-hub:edadaltocg/vit_base_patch16_224_in21k_ft_cifar10"
     assert "VIT_DEMO_VITB16_HUB" in vit["reason"]
+
+
+def test_page_says_briefly_which_model_is_missing_and_defaults_to_one_that_works(app):
+    """ViT-B/16 offline: badges name it once with a short reason, the details say how to get
+    it, no exception text anywhere; the default model is the scratch one and "both" is not
+    offered."""
+    from vit_demo.ui.common import (BOTH, default_choice, model_choices, status_badges,
+                                    status_details, unavailable_message)
+
+    _, ctx = app
+    ctx.registry.load_in_background("vit-b16").join()
+    assert ctx.registry.status("vit-b16").state == "unavailable"
+    assert default_choice(ctx.registry) == "scratch"
+    assert BOTH not in [key for _, key in model_choices(ctx.registry)]
+    badges = status_badges(ctx.registry)
+    assert badges.count('data-state="unavailable"') == 1 and "weights not on this server" in badges
+    assert badges.count('data-state="ready"') == 1
+    details = status_details(ctx.registry)
+    assert "network access" in details and "Fine-tune tab" in details
+    message = unavailable_message(ctx.registry, "vit-b16")
+    for text in (badges, details, message):
+        assert "Error" not in text and "LocalEntryNotFound" not in text
+        assert str(ctx.registry.weights_dir) not in text  # no path of this machine

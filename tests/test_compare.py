@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import torch
 from conftest import save_tiny_scratch
 
 from vit_demo.checkpoint import load_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, preprocess_batch
 from vit_demo.evaluate import model_metrics, store_metrics
-from vit_demo.examples import Gallery
 from vit_demo.registry import SCRATCH_CHECKPOINT, Registry
-from vit_demo.ui.common import AppContext
 from vit_demo.ui.compare import compare
 
 
@@ -29,21 +30,32 @@ def test_compare_shows_card_figures_and_unavailable_vitb16(tmp_path, cifar_test)
     registry = Registry(tmp_path, allow_hub=True)
     registry.get("scratch")
     registry.load_in_background("vit-b16").join()  # offline: fails, with the reason
-    summary, classes_md, confusion = compare(AppContext(registry, Gallery([], "none")))
+    summary, classes_html, figures = compare(registry)
 
-    scratch_row = next(line for line in summary.splitlines() if line.startswith("| Scratch ViT"))
-    assert f"{100 * accuracy:.2f} %" in scratch_row and "| 300 |" in scratch_row
-    assert f"{model.num_params() / 1e6:.2f} M" in scratch_row
-    vit_row = next(line for line in summary.splitlines() if line.startswith("| ViT-B/16"))
-    assert "unavailable" in vit_row and "Hugging Face hub" in vit_row
+    scratch_row = next(row for row in rows(summary) if row[0].startswith("Scratch ViT"))
+    assert scratch_row[1] == f"{100 * accuracy:.2f} %" and scratch_row[2] == "300"
+    assert scratch_row[3] == f"{model.num_params() / 1e6:.2f} M"
+    assert "card vit-scratch-cifar10.json" in scratch_row[-1]  # where the figures come from
+    vit_row = next(row for row in rows(summary) if row[0].startswith("ViT-B/16"))
+    assert "unavailable" in vit_row[-1] and "Hugging Face hub" in vit_row[-1]
+    assert "CPU latency, 1 image (card)" in summary and "this server" in summary
     for c, name in enumerate(CLASSES):
-        assert f"| {name} | {100 * per_class[c]:.1f} % |" in classes_md
-    assert len(confusion) == 1 and confusion[0][0].endswith(".png")
+        assert [name, f"{100 * per_class[c]:.1f} %"] in rows(classes_html)
+    # one whole figure, inline, captioned with where it comes from
+    assert figures.count("<img") == 1 and "data:image/png;base64," in figures
+    assert "card's test run" in html.unescape(figures)
+    assert "Error" not in summary  # the reason, not the exception
+
+
+def rows(table_html: str) -> list[list[str]]:
+    """The body rows of the HTML table, as cell texts."""
+    body = table_html.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
 def test_compare_without_figures_says_how_to_measure(tmp_path):
     save_tiny_scratch(tmp_path, SCRATCH_CHECKPOINT)
-    summary, classes_md, confusion = compare(AppContext(Registry(tmp_path, allow_hub=False),
-                                                        Gallery([], "none")))
+    summary, classes_html, figures = compare(Registry(tmp_path, allow_hub=False))
     assert "python -m vit_demo evaluate --name vit-scratch-cifar10 --update-card" in summary
-    assert classes_md == "No per-class figures yet." and confusion == []
+    assert "No per-class figures yet." in classes_html and "<img" not in figures

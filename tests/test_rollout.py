@@ -200,9 +200,9 @@ def test_cls_map_on_non_square_grid():
             for c in range(cols):
                 assert m[b, r, c] == rollout[b, 0, 1 + r * cols + c]
     assert torch.equal(cls_map(rollout, (3, 2)).flatten(1), rollout[:, 0, 1:])
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="do not fill a 3x3 grid"):
         cls_map(rollout, (3, 3))
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match=r"expected a \(B, T, T\) rollout"):
         cls_map(rollout[0], (rows, cols))
 
 
@@ -228,13 +228,15 @@ def test_bad_arguments():
     attn = torch.full((1, 2, 7, 7), 1 / 7)
     with pytest.raises(ValueError):
         fuse_heads(attn, "median")
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="Start layer 1 is outside the model's 1 layers: use 0 to 0"):
         attention_rollout([attn], start_layer=1)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="Discard ratio must be at least 0 and below 1"):
         attention_rollout([attn], discard_ratio=1.0)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="expected a list of"):
         attention_rollout([attn[0]])  # unbatched
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="no layers"):
+        attention_rollout([])
+    with pytest.raises(ValueError, match="gradients"):
         grad_rollout([attn], [attn[:, :1]])
 
 

@@ -4,6 +4,10 @@ Everything here is a pure function of (model, input): no hooks, no change to ``f
 or any other module or global state, no patching of timm. Grad mode is switched with context
 managers, which are thread-local, so concurrent calls on one shared model are safe. Models
 must be in eval mode (dropout and stochastic depth off); this is checked, not changed.
+
+Arguments a person chooses (method, layer, head, start layer, target class) are checked here
+and refused with a ``ValueError`` whose message is written for that person; the app shows it
+as it is.
 """
 
 from __future__ import annotations
@@ -127,8 +131,9 @@ def forward_with_attention(model: nn.Module, kind: ModelKind, x: torch.Tensor
     else:
         raise ValueError(f"kind must be 'scratch' or 'timm', got {kind!r}")
     grid = patch_grid(model, kind, x)
-    assert attentions[0].shape[-1] == 1 + grid[0] * grid[1], (
-        f"{attentions[0].shape[-1]} tokens do not match [CLS] + a {grid[0]}x{grid[1]} grid")
+    if attentions[0].shape[-1] != 1 + grid[0] * grid[1]:
+        raise ValueError(f"{attentions[0].shape[-1]} tokens do not match [CLS] + a "
+                         f"{grid[0]}x{grid[1]} grid")
     return logits, attentions, grid
 
 
@@ -163,7 +168,8 @@ def attention_gradients(model: nn.Module, kind: ModelKind, x: torch.Tensor,
         else:
             target = torch.as_tensor(target_class, device=logits.device).long().expand(logits.shape[0])
             if not bool(((target >= 0) & (target < logits.shape[-1])).all()):
-                raise ValueError(f"target_class {target_class} outside 0..{logits.shape[-1] - 1}")
+                raise ValueError(f"Target class {target_class} is outside the model's "
+                                 f"{logits.shape[-1]} classes: use 0 to {logits.shape[-1] - 1}.")
         score = logits.gather(1, target[:, None]).sum()  # images are independent: sum = per-image grads
         gradients = torch.autograd.grad(score, attentions)
     return AttentionGradients(logits.detach(), [a.detach() for a in attentions],
@@ -194,9 +200,9 @@ def explain(model: nn.Module, kind: ModelKind, x: torch.Tensor, method: str = "r
         ((B,) long tensor for "grad", else None). All tensors are detached.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"Unknown method {method!r}. Choose one of: {', '.join(METHODS)}.")
     if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+        raise ValueError(f"Unknown head fusion {head_fusion!r}. Choose one of: {', '.join(HEAD_FUSIONS)}.")
     target = None
     if method == "grad":
         logits, attentions, gradients, grid, target = attention_gradients(model, kind, x, target_class)
@@ -219,13 +225,15 @@ def _raw_cls_map(attentions: list[torch.Tensor], grid: tuple[int, int], head_fus
     depth = len(attentions)
     layer = depth - 1 if layer is None else layer
     if not -depth <= layer < depth:
-        raise ValueError(f"layer {layer} outside the model's {depth} layers")
+        raise ValueError(f"Layer {layer} is outside the model's {depth} layers: use 0 to "
+                         f"{depth - 1}, or -1 for the last.")
     attn = attentions[layer]  # (B, heads, T, T)
     if head is None:
         fused = fuse_heads(attn, head_fusion)  # (B, T, T)
     else:
         heads = attn.shape[1]
         if not -heads <= head < heads:
-            raise ValueError(f"head {head} outside the layer's {heads} heads")
+            raise ValueError(f"Head {head} is outside the model's {heads} heads: use 0 to "
+                             f"{heads - 1}, or leave it empty for all heads.")
         fused = attn[:, head]  # (B, T, T)
     return cls_map(fused, grid)

@@ -63,7 +63,6 @@ def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:
     """The hub model ``name`` (``hf-hub:owner/name``, the prefix optional) in eval mode, and
     the data config its input needs. Raises ``HubUnavailable``."""
     import timm
-    from huggingface_hub import constants
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
     repo_id, revision = split_name(name)
@@ -139,6 +138,7 @@ def _weights(repo_id: str, revision: str | None) -> dict[str, torch.Tensor]:
 
 
 def _explain(repo_id: str, exc: Exception) -> str:
+    from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 

@@ -20,6 +20,8 @@ from PIL import Image
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "hot", "coolwarm", "gray")
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 MIN_DISPLAY_SIDE = 224  # smaller images are enlarged to at least this many pixels a side
+MAX_DISPLAY_SIDE = 768  # larger photos are shrunk to this many pixels on their long side
+OUTSIDE_DIM = 0.45  # the part of the photo outside the model's crop keeps this much brightness
 GRID_COLOR = (255, 255, 255)
 GRID_OPACITY = 0.6
 
@@ -27,7 +29,7 @@ GRID_OPACITY = 0.6
 def check_colormap(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is one of ``COLORMAPS``."""
     if name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+        raise ValueError(f"Unknown colormap {name!r}. Choose one of: {', '.join(COLORMAPS)}.")
 
 
 def _as_map(heatmap: np.ndarray | Sequence) -> np.ndarray:
@@ -110,22 +112,95 @@ def overlay(image: np.ndarray | Image.Image, heatmap: np.ndarray | Sequence, col
         (H', W', 3) uint8 array, the image enlarged to at least ``min_side`` a side.
     """
     check_colormap(colormap)
+    _check_opacity(opacity)
+    img = enlarge(_as_image(image), min_side)
+    return _blend(img.astype(np.float64), heatmap, colormap, opacity, grid, interpolation)
+
+
+def _check_opacity(opacity: float) -> None:
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+        raise ValueError(f"Opacity must be between 0 and 1, got {opacity}.")
+
+
+def _as_image(image: np.ndarray | Image.Image) -> np.ndarray:
     img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
-    img = enlarge(img, min_side)
-    size = img.shape[:2]
-    heat = upsample(heatmap, size, interpolation)  # (H', W') in [0, 1]
-    colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0  # (H', W', 3)
-    out = img.astype(np.float64) * (1.0 - opacity) + colors * opacity
+    return img
+
+
+def _blend(region: np.ndarray, heatmap, colormap: str, opacity: float, grid: bool,
+           interpolation: str) -> np.ndarray:
+    """The map coloured and blended over ``region`` (float (H, W, 3)), patch grid optional:
+    uint8 (H, W, 3)."""
+    size = region.shape[:2]
+    heat = upsample(heatmap, size, interpolation)  # (H, W) in [0, 1]
+    colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0  # (H, W, 3)
+    out = region * (1.0 - opacity) + colors * opacity
     if grid:
-        m = np.asarray(heatmap)
+        m = _as_map(heatmap)
         ys, xs = grid_lines(m.shape[0], m.shape[1], size)
         line = np.asarray(GRID_COLOR, dtype=np.float64)
         out[ys, :] = out[ys, :] * (1.0 - GRID_OPACITY) + line * GRID_OPACITY
         out[:, xs] = out[:, xs] * (1.0 - GRID_OPACITY) + line * GRID_OPACITY
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def crop_box(size: tuple[int, int], input_size: tuple[int, int], crop_pct: float = 1.0
+             ) -> tuple[float, float, float, float]:
+    """The region (left, top, right, bottom), in the photo's pixels, that the model's input
+    shows: ``inference.preprocess`` resizes the short side of a photo of ``size`` = (width,
+    height) to ``floor(min(input) / crop_pct)`` and centre-crops ``input_size`` = (height, width)."""
+    w, h = size
+    in_h, in_w = input_size
+    short = math.floor(min(in_h, in_w) / crop_pct)
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    top, left = int(round((new_h - in_h) / 2.0)), int(round((new_w - in_w) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    return left * sx, top * sy, (left + in_w) * sx, (top + in_h) * sy
+
+
+def display_photo(photo: np.ndarray | Image.Image, min_side: int = MIN_DISPLAY_SIDE,
+                  max_side: int = MAX_DISPLAY_SIDE) -> tuple[np.ndarray, float]:
+    """(the photo as shown, its scale): enlarged by a whole factor when smaller than
+    ``min_side`` (pixel blocks), shrunk smoothly when its long side exceeds ``max_side``."""
+    img = _as_image(photo)
+    h, w = img.shape[:2]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS)), size[0] / w
+    factor = display_scale((h, w), min_side)
+    return enlarge(img, min_side), float(factor)
+
+
+def photo_overlay(photo: np.ndarray | Image.Image, heatmap: np.ndarray | Sequence,
+                  box: tuple[float, float, float, float], colormap: str = "jet",
+                  opacity: float = 0.5, grid: bool = False, interpolation: str = "bilinear",
+                  min_side: int = MIN_DISPLAY_SIDE, max_side: int = MAX_DISPLAY_SIDE) -> np.ndarray:
+    """The map over the visitor's photo at its own resolution (see ``display_photo``).
+
+    Args:
+        photo: the RGB photo, (H, W, 3) uint8 or a PIL image, before any preprocessing.
+        heatmap: (rows, cols) values, one per patch, any scale.
+        box: the region of the photo the model saw (``crop_box``), in photo pixels; the map is
+            upsampled smoothly onto it, and what lies outside is dimmed (``OUTSIDE_DIM``).
+
+    Returns:
+        (H', W', 3) uint8 array.
+    """
+    check_colormap(colormap)
+    _check_opacity(opacity)
+    _as_map(heatmap)
+    shown, scale = display_photo(photo, min_side, max_side)
+    height, width = shown.shape[:2]
+    left, top, right, bottom = (max(0, round(box[0] * scale)), max(0, round(box[1] * scale)),
+                                min(width, round(box[2] * scale)), min(height, round(box[3] * scale)))
+    if right <= left or bottom <= top:
+        raise ValueError(f"the crop box {box} lies outside the photo")
+    out = shown.astype(np.float64) * OUTSIDE_DIM
+    out[top:bottom, left:right] = _blend(shown[top:bottom, left:right].astype(np.float64), heatmap,
+                                         colormap, opacity, grid, interpolation)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -24,17 +24,24 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 def _stack_layers(attentions: Sequence[torch.Tensor] | torch.Tensor, name: str) -> torch.Tensor:
     """Layers as one floating tensor (L, B, heads, T, T), at least float32."""
+    if not isinstance(attentions, torch.Tensor) and len(attentions) == 0:
+        raise ValueError(f"{name}: no layers")
     stacked = attentions if isinstance(attentions, torch.Tensor) else torch.stack(list(attentions))
-    assert stacked.ndim == 5, (
-        f"{name}: expected a list of (B, heads, T, T) tensors or one (L, B, heads, T, T) tensor, "
-        f"got shape {tuple(stacked.shape)}")
-    assert stacked.shape[0] > 0, f"{name}: no layers"
-    assert stacked.shape[-1] == stacked.shape[-2], f"{name}: attention must be square (T, T)"
+    if stacked.ndim != 5:
+        raise ValueError(f"{name}: expected a list of (B, heads, T, T) tensors or one "
+                         f"(L, B, heads, T, T) tensor, got shape {tuple(stacked.shape)}")
+    if stacked.shape[0] == 0:
+        raise ValueError(f"{name}: no layers")
+    if stacked.shape[-1] != stacked.shape[-2]:
+        raise ValueError(f"{name}: attention must be square (T, T)")
     return stacked.to(torch.promote_types(stacked.dtype, torch.float32))
 
 
 def _check_start_layer(start_layer: int, depth: int) -> None:
-    assert 0 <= start_layer < depth, f"start_layer {start_layer} outside 0..{depth - 1}"
+    """``ValueError`` (a message for the person who chose it) unless 0 <= start_layer < depth."""
+    if not 0 <= start_layer < depth:
+        raise ValueError(f"Start layer {start_layer} is outside the model's {depth} layers: use 0 "
+                         f"to {depth - 1}.")
 
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
@@ -45,7 +52,7 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tens
         return attention.amax(dim=1)
     if head_fusion == "min":
         return attention.amin(dim=1)
-    raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
+    raise ValueError(f"Unknown head fusion {head_fusion!r}. Choose one of: {', '.join(HEAD_FUSIONS)}.")
 
 
 def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
@@ -56,7 +63,8 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
     (``N = T - 1``) become 0. The [CLS] row ``fused[:, 0, :]`` and the [CLS] column
     ``fused[:, :, 0]`` are never discarded. Returns a new tensor; ``fused`` is not modified.
     """
-    assert 0.0 <= discard_ratio < 1.0, f"discard_ratio must be in [0, 1), got {discard_ratio}"
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"Discard ratio must be at least 0 and below 1, got {discard_ratio}.")
     num_patches = fused.shape[-1] - 1
     k = int(discard_ratio * num_patches)
     if k == 0:
@@ -125,7 +133,8 @@ def grad_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor,
     """
     attn = _stack_layers(attentions, "attentions")  # (L, B, heads, T, T)
     grad = _stack_layers(gradients, "gradients")  # (L, B, heads, T, T)
-    assert attn.shape == grad.shape, f"attentions {tuple(attn.shape)} != gradients {tuple(grad.shape)}"
+    if attn.shape != grad.shape:
+        raise ValueError(f"attentions {tuple(attn.shape)} != gradients {tuple(grad.shape)}")
     _check_start_layer(start_layer, attn.shape[0])
     rollout = None
     for a_l, g_l in zip(attn[start_layer:], grad[start_layer:]):
@@ -142,8 +151,10 @@ def cls_map(rollout: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
     left out, so a row does not sum to 1.
     """
     rows, cols = grid_size
-    assert rollout.ndim == 3, f"expected a (B, T, T) rollout, got shape {tuple(rollout.shape)}"
+    if rollout.ndim != 3:
+        raise ValueError(f"expected a (B, T, T) rollout, got shape {tuple(rollout.shape)}")
     num_patches = rollout.shape[-1] - 1
-    assert num_patches == rows * cols, (
-        f"{num_patches} patch tokens do not fill a {rows}x{cols} grid (T - 1 must be rows * cols)")
+    if num_patches != rows * cols:
+        raise ValueError(f"{num_patches} patch tokens do not fill a {rows}x{cols} grid "
+                         "(T - 1 must be rows * cols)")
     return rollout[:, 0, 1:].reshape(rollout.shape[0], rows, cols)  # (B, rows, cols)

@@ -16,7 +16,8 @@ from ..inference import set_pixel_limit
 from ..registry import SCRATCH, VITB16, Registry
 from ..settings import Settings
 from . import attention, classify, compare, finetune, inside
-from .common import AppContext, model_status, status_markdown
+from .common import (CSS, AppContext, any_loading, default_choice, model_choices, model_status,
+                     share_image, status_badges, status_details)
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
 
@@ -39,27 +40,46 @@ def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
+    """The page. What it says about the models (badges, details, default model) is filled in
+    when a visitor opens it, from the registry's state at that moment; while a model is still
+    loading, a timer refreshes the badges until nothing is loading any more."""
+    registry = ctx.registry
     # Uploads and generated files older than an hour are deleted every hour.
     with gr.Blocks(title="vit-demo: what a Vision Transformer sees", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# What a Vision Transformer sees\n"
+        gr.Markdown("## What a Vision Transformer sees\n"
                     "A ViT written from scratch and trained on CIFAR-10 here, beside timm's "
                     "ViT-B/16 fine-tuned on CIFAR-10.")
-        status = gr.Markdown(status_markdown(ctx.registry))
+        badges = gr.HTML("", elem_id="model-status", padding=False)
+        with gr.Accordion("Model details", open=False, elem_id="model-details"):
+            details = gr.Markdown()
         with gr.Tab("Classify"):
-            classify.build_tab(ctx)
+            classify_image, classify_examples, classify_choice = classify.build_tab(ctx)
         with gr.Tab("Attention"):
-            attention.build_tab(ctx)
+            attention_image, attention_examples, attention_choice = attention.build_tab(ctx)
         with gr.Tab("Compare"):
             compare_outputs = compare.build_tab(ctx)
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
         with gr.Tab("Inside the model") as inside_tab:
             inside.build_tab(ctx, inside_tab)
-        demo.load(lambda: compare.compare(ctx), outputs=compare_outputs, api_visibility="private")
-        gr.api(partial(model_status, ctx.registry), api_name="status")
-        timer = gr.Timer(3.0)
-        timer.tick(lambda: status_markdown(ctx.registry), outputs=[status], api_visibility="private",
-                   queue=False)
+        share_image([(classify_image, classify_examples), (attention_image, attention_examples)])
+        timer = gr.Timer(3.0, active=False)
+
+        def on_load():
+            choice = gr.Dropdown(choices=model_choices(registry), value=default_choice(registry))
+            return (status_badges(registry), status_details(registry), choice, choice,
+                    gr.Timer(active=any_loading(registry)))
+
+        def on_tick():
+            choices = gr.Dropdown(choices=model_choices(registry))
+            return (status_badges(registry), status_details(registry), choices, choices,
+                    gr.Timer(active=any_loading(registry)))
+
+        page_outputs = [badges, details, classify_choice, attention_choice, timer]
+        demo.load(on_load, outputs=page_outputs, api_visibility="private", queue=False)
+        demo.load(lambda: compare.compare(registry), outputs=compare_outputs, api_visibility="private")
+        timer.tick(on_tick, outputs=page_outputs, api_visibility="private", queue=False)
+        gr.api(partial(model_status, registry), api_name="status")
     demo.queue(max_size=ctx.settings.queue_size)
     return demo
 
@@ -67,7 +87,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def launch_kwargs(ctx: AppContext) -> dict:
     """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
     (``allowed_paths``: their folder), never the shipped weights folder."""
-    return {"max_file_size": f"{ctx.settings.max_file_mb}mb",
+    return {"max_file_size": f"{ctx.settings.max_file_mb}mb", "css": CSS,
             "allowed_paths": [str(ctx.store.folder.resolve())]}
 
 

@@ -1,5 +1,6 @@
-"""Attention tab: where the [CLS] token looks, as a heat map over the patches, for one model or
-two side by side (attention rollout, gradient-weighted rollout, or one layer's raw attention)."""
+"""Attention tab: where the [CLS] token looks, as a heat map over the photo, for one model or
+two side by side (gradient-weighted rollout, attention rollout, or one layer's raw attention),
+each map with its deletion and insertion scores against a random and a centre-first order."""
 
 from __future__ import annotations
 
@@ -12,26 +13,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention import METHODS, explain
+from ..attention import explain
 from ..data import CLASSES
+from ..faithfulness import Faithfulness, faithfulness
 from ..inference import preprocess
-from ..registry import LoadedModel, ModelUnavailable
-from ..overlay import COLORMAPS, model_view, overlay, value_grid
+from ..registry import VITB16, LoadedModel, ModelUnavailable
+from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
 from ..rollout import HEAD_FUSIONS
-from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
-                     read_image)
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for,
+                     model_choices, model_dropdown, read_image, side_titles, unavailable_message,
+                     unavailable_note, user_errors)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
 MAX_DISCARD_RATIO = 0.99
 TOP_K = 3
-METHOD_CHOICES = [("Attention rollout", "rollout"),
-                  ("Gradient-weighted rollout for a target class", "grad"),
+# Gradient-weighted rollout first: on the shipped scratch model it explains the prediction best
+# by the deletion and insertion scores (benchmarks/bench_faithfulness.py, README).
+METHOD_CHOICES = [("Gradient-weighted rollout for a target class", "grad"),
+                  ("Attention rollout", "rollout"),
                   ("Raw attention of one layer and head", "raw")]
+DEFAULT_METHOD = "grad"
+PHOTO, MODEL_VIEW = "photo", "model"
+VIEW_CHOICES = [("On the photo", PHOTO), ("As the model saw it (its input, enlarged)", MODEL_VIEW)]
+METHOD_NAMES = {"grad": "gradient-weighted rollout", "rollout": "attention rollout",
+                "raw": "raw attention"}
+LEFT_ID, RIGHT_ID = "attention-left", "attention-right"  # elem_ids of the two overlays
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated, model-independent settings of one request."""
+    """The settings of one request, typed. Their ranges are checked by the core
+    (``attention.explain``, ``rollout``, ``overlay``), which raise ``ValueError``."""
     method: str
     head_fusion: str
     discard_ratio: float
@@ -42,47 +54,44 @@ class Settings:
     colormap: str
     opacity: float
     grid: bool
+    view: str = PHOTO
+    faithfulness_all: bool = False  # also for models too slow to score on every request
 
 
 def _integer(value: float | int | None, name: str) -> int:
-    """``value`` as an int, or a ``gr.Error`` unless it is a whole number."""
+    """``value`` as an int, or a ``ValueError`` unless it is a whole number (a number field
+    may send 0.5 or NaN)."""
     try:
         whole = value is not None and float(value) == int(value)
     except (TypeError, ValueError, OverflowError):
         whole = False
     if not whole:
-        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+        raise ValueError(f"{name} must be a whole number, got {value!r}.")
     return int(value)
 
 
-def _fraction(value: float | None, name: str, high: float) -> float:
-    """``value`` as a float in [0, high], or a ``gr.Error``."""
+def _number(value, name: str) -> float:
     try:
-        inside = value is not None and 0.0 <= float(value) <= high
-    except (TypeError, ValueError):
-        inside = False
-    if not inside:
-        raise gr.Error(f"{name} must be between 0 and {high}, got {value!r}.")
-    return float(value)
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a number, got {value!r}.") from exc
 
 
-def check_settings(method: str, head_fusion: str, discard_ratio: float, start_layer: float | int,
-                   target_class: str, layer: float | int, head: float | int | None, colormap: str,
-                   opacity: float, grid: bool) -> Settings:
-    """The settings as typed values, or a ``gr.Error`` saying which one is wrong and why."""
-    if method not in METHODS:
-        raise gr.Error(f"Unknown method {method!r}. Choose one of: {', '.join(METHODS)}.")
-    if head_fusion not in HEAD_FUSIONS:
-        raise gr.Error(f"Unknown head fusion {head_fusion!r}. Choose one of: {', '.join(HEAD_FUSIONS)}.")
+def settings_from(method: str, head_fusion: str, discard_ratio: float, start_layer: float | int,
+                  target_class: str, layer: float | int, head: float | int | None, colormap: str,
+                  opacity: float, grid: bool, view: str = PHOTO, faithfulness_all: bool = False
+                  ) -> Settings:
+    """The form's values as typed settings; what only the app defines (target class names,
+    views) is checked here, everything else by the core."""
     if target_class != PREDICTED and target_class not in CLASSES:
-        raise gr.Error(f"Unknown target class {target_class!r}. Choose {PREDICTED!r} or one of: "
-                       f"{', '.join(CLASSES)}.")
-    if colormap not in COLORMAPS:
-        raise gr.Error(f"Unknown colormap {colormap!r}. Choose one of: {', '.join(COLORMAPS)}.")
-    return Settings(method, head_fusion, _fraction(discard_ratio, "Discard ratio", MAX_DISCARD_RATIO),
+        raise ValueError(f"Unknown target class {target_class!r}. Choose {PREDICTED!r} or one of: "
+                         f"{', '.join(CLASSES)}.")
+    if view not in (PHOTO, MODEL_VIEW):
+        raise ValueError(f"Unknown view {view!r}. Choose {PHOTO!r} or {MODEL_VIEW!r}.")
+    return Settings(method, head_fusion, _number(discard_ratio, "Discard ratio"),
                     _integer(start_layer, "Start layer"), target_class, _integer(layer, "Layer"),
                     None if head is None else _integer(head, "Head"), colormap,
-                    _fraction(opacity, "Opacity", 1.0), bool(grid))
+                    _number(opacity, "Opacity"), bool(grid), view, bool(faithfulness_all))
 
 
 def depth_and_heads(loaded: LoadedModel) -> tuple[int, int]:
@@ -91,81 +100,109 @@ def depth_and_heads(loaded: LoadedModel) -> tuple[int, int]:
     return len(loaded.model.blocks), attn.num_heads if loaded.kind == "timm" else attn.heads
 
 
-def check_for_model(settings: Settings, loaded: LoadedModel) -> int | None:
-    """Check the settings that depend on the model; returns the target class index (None for
-    the predicted class). Raises ``gr.Error`` naming the model and the valid range."""
-    depth, heads = depth_and_heads(loaded)
-    if settings.method in ("rollout", "grad") and not 0 <= settings.start_layer < depth:
-        raise gr.Error(f"Start layer {settings.start_layer} is outside {loaded.label}'s {depth} "
-                       f"layers: use 0 to {depth - 1}.")
-    if settings.method == "raw":
-        if not -depth <= settings.layer < depth:
-            raise gr.Error(f"Layer {settings.layer} is outside {loaded.label}'s {depth} layers: use "
-                           f"0 to {depth - 1}, or -1 for the last.")
-        if settings.head is not None and not 0 <= settings.head < heads:
-            raise gr.Error(f"Head {settings.head} is outside {loaded.label}'s {heads} heads: use 0 to "
-                           f"{heads - 1}, or leave it empty for all heads.")
+def target_index(settings: Settings, loaded: LoadedModel) -> int | None:
+    """The target class index for the gradient method (None: the predicted class)."""
     if settings.method != "grad" or settings.target_class == PREDICTED:
         return None
     if settings.target_class not in loaded.classes:
-        raise gr.Error(f"{loaded.label} has no class {settings.target_class!r}; its classes are "
-                       f"{', '.join(loaded.classes)}.")
+        raise ValueError(f"{loaded.label} has no class {settings.target_class!r}; its classes are "
+                         f"{', '.join(loaded.classes)}.")
     return loaded.classes.index(settings.target_class)
 
 
+def scores_faithfulness(loaded: LoadedModel, settings: Settings) -> bool:
+    """Whether a request scores this model's map: always for small inputs (the scratch ViT's
+    32 px, a fraction of a second), for the others only when asked (ViT-B/16 on a CPU: seconds)."""
+    return settings.faithfulness_all or loaded.data_cfg.input_size[1] <= 64
+
+
+def faithfulness_markdown(label: str, settings: Settings, target: str, grid: tuple[int, int],
+                          scores: Faithfulness | None) -> str:
+    """What is shown beside a map: which map it is, and how faithful it is."""
+    what = METHOD_NAMES.get(settings.method, settings.method)
+    title = f"**{label}**: {what}" + (f" for *{target}*" if settings.method == "grad" else "") + \
+        f", {grid[0]}x{grid[1]} patches"
+    if scores is None:
+        return title + "\n\nFaithfulness not scored for this model (tick *Score ViT-B/16's maps too*)."
+    rows = [("this map", scores.map), ("random order", scores.random),
+            ("centre first", scores.centre)]
+    table = ["| | deletion (lower: better) | insertion (higher: better) |", "| --- | --- | --- |"]
+    table += [f"| {name} | {s.deletion:.3f} | {s.insertion:.3f} |" for name, s in rows]
+    return (f"{title}\n\n" + "\n".join(table) + f"\n\n{scores.reading()} "
+            f"(Probability of *{target}* as the map's top patches are removed or put back, "
+            f"{scores.steps} steps.)")
+
+
 def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, target: int | None
-                ) -> tuple[np.ndarray, dict[str, float], dict]:
-    """(overlay image, top-k confidences, JSON entry) for one model and one image."""
-    with torch.inference_mode():
-        x = preprocess(img, loaded.data_cfg)  # (1, C, H, W)
-        result = explain(loaded.model, loaded.kind, x, method=settings.method,
-                         head_fusion=settings.head_fusion, discard_ratio=settings.discard_ratio,
-                         start_layer=settings.start_layer, target_class=target, layer=settings.layer,
-                         head=settings.head)
-        probs = result["logits"][0].softmax(dim=-1)
-    heatmap = result["map"][0].numpy()  # (rows, cols)
-    shown = model_view(x[0].numpy(), loaded.data_cfg.mean, loaded.data_cfg.std)
-    picture = overlay(shown, heatmap, settings.colormap, settings.opacity, settings.grid)
+                ) -> tuple[np.ndarray, dict[str, float], dict, str]:
+    """(overlay image, top-k confidences, JSON entry, faithfulness text) for one model and one
+    image. A ``ValueError`` from the core names the model."""
+    try:
+        with torch.inference_mode():
+            x = preprocess(img, loaded.data_cfg)  # (1, C, H, W)
+            result = explain(loaded.model, loaded.kind, x, method=settings.method,
+                             head_fusion=settings.head_fusion, discard_ratio=settings.discard_ratio,
+                             start_layer=settings.start_layer, target_class=target,
+                             layer=settings.layer, head=settings.head)
+            probs = result["logits"][0].softmax(dim=-1)
+        heatmap = result["map"][0].numpy()  # (rows, cols)
+        if settings.view == MODEL_VIEW:
+            shown = model_view(x[0].numpy(), loaded.data_cfg.mean, loaded.data_cfg.std)
+            picture = overlay(shown, heatmap, settings.colormap, settings.opacity, settings.grid)
+        else:
+            box = crop_box(img.size, tuple(loaded.data_cfg.input_size[1:]), loaded.data_cfg.crop_pct)
+            picture = photo_overlay(np.asarray(img), heatmap, box, settings.colormap,
+                                    settings.opacity, settings.grid)
+    except ValueError as exc:
+        raise ValueError(f"{loaded.label}: {exc}") from exc
     top = probs.topk(min(TOP_K, len(probs)))
     confidences = {loaded.classes[i]: float(p) for p, i in zip(top.values, top.indices)}
     best = int(top.indices[0])
-    target_name = (None if result["target_class"] is None
-                   else loaded.classes[int(result["target_class"][0])])
+    target_used = best if result["target_class"] is None else int(result["target_class"][0])
+    scores = None
+    if scores_faithfulness(loaded, settings):
+        scores = faithfulness(loaded.model, x, heatmap, target_used)
     entry = {"label": loaded.label, "available": True, "method": settings.method,
-             "grid_size": list(result["grid_size"]), "target_class": target_name,
+             "grid_size": list(result["grid_size"]),
+             "target_class": None if result["target_class"] is None else loaded.classes[target_used],
              "prediction": {"class": loaded.classes[best], "probability": round(float(probs[best]), 4)},
-             "values": value_grid(heatmap)}
-    return picture, confidences, entry
+             "values": value_grid(heatmap),
+             "faithfulness": None if scores is None else scores.to_dict()}
+    text = faithfulness_markdown(loaded.label, settings, loaded.classes[target_used],
+                                 result["grid_size"], scores)
+    return picture, confidences, entry, text
 
 
 def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_fusion: str,
             discard_ratio: float, start_layer: float | int, target_class: str, layer: float | int,
-            head: float | int | None, colormap: str, opacity: float, grid: bool
-            ) -> tuple[np.ndarray | None, np.ndarray | None, dict | None, dict | None, dict, str]:
-    """(left overlay, right overlay, left top-k, right top-k, values per model, notes).
+            head: float | int | None, colormap: str, opacity: float, grid: bool,
+            view: str = PHOTO, faithfulness_all: bool = False) -> tuple:
+    """(left overlay, right overlay, left top-k, right top-k, values per model, notes,
+    left faithfulness, right faithfulness).
 
     The values are a dict keyed by registry key: for each model its raw map as a rows x cols
-    grid (``values``), grid size, method, target class and top prediction, or
-    ``available: False`` with the reason. A model that is unavailable leaves its side empty
-    with the reason in the notes, as long as another model answered.
+    grid (``values``), grid size, method, target class, top prediction and faithfulness scores
+    (deletion and insertion of the map, a random and a centre-first order; None when not
+    scored), or ``available: False`` with the reason. A model that is unavailable leaves its
+    side empty with a one-line note, as long as another model answered. Settings the core
+    refuses raise ``ValueError`` (``gr.Error`` in the app, through ``user_errors``).
     """
     img = read_image(image)
     keys = keys_for(choice, ctx.registry)
-    settings = check_settings(method, head_fusion, discard_ratio, start_layer, target_class, layer,
-                              head, colormap, opacity, grid)
+    settings = settings_from(method, head_fusion, discard_ratio, start_layer, target_class, layer,
+                             head, colormap, opacity, grid, view, faithfulness_all)
     loaded: dict[str, LoadedModel | None] = {}
-    reasons: dict[str, str] = {}
     for key in keys:
         try:
             loaded[key] = ctx.registry.get(key)
-        except ModelUnavailable as exc:
+        except ModelUnavailable:
             loaded[key] = None
-            reasons[key] = str(exc)
     if all(m is None for m in loaded.values()):
-        raise gr.Error(" ".join(reasons.values()))
-    targets = {key: check_for_model(settings, m) for key, m in loaded.items() if m is not None}
+        raise gr.Error(" ".join(unavailable_message(ctx.registry, k) for k in keys))
+    targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
     pictures: list[np.ndarray | None] = []
     labels: list[dict | None] = []
+    texts: list[str] = []
     values: dict[str, dict] = {}
     notes = []
     for key, m in loaded.items():
@@ -173,22 +210,27 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
         if m is None:
             pictures.append(None)
             labels.append(None)
-            values[key] = {"label": label, "available": False, "reason": reasons[key]}
-            notes.append(reasons[key])
+            texts.append("")
+            values[key] = {"label": label, "available": False,
+                           "reason": unavailable_message(ctx.registry, key)}
+            notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
-        picture, confidences, values[key] = explain_one(m, img, settings, targets[key])
+        picture, confidences, values[key], text = explain_one(m, img, settings, targets[key])
         pictures.append(picture)
         labels.append(confidences)
+        texts.append(text)
         depth, heads = depth_and_heads(m)
         rows, cols = values[key]["grid_size"]
         flat = np.asarray(values[key]["values"])
         notes.append(f"**{label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
                      f"span the map's values {flat.min():.4g} to {flat.max():.4g}; "
-                     f"{(time.perf_counter() - start) * 1000:.0f} ms")
+                     f"{(time.perf_counter() - start) * 1000:.0f} ms with the scores")
     pictures += [None] * (2 - len(pictures))
     labels += [None] * (2 - len(labels))
-    return pictures[0], pictures[1], labels[0], labels[1], values, "\n\n".join(notes)
+    texts += [""] * (2 - len(texts))
+    return (pictures[0], pictures[1], labels[0], labels[1], values, "\n\n".join(notes),
+            texts[0], texts[1])
 
 
 def control_visibility(method: str) -> tuple:
@@ -199,53 +241,70 @@ def control_visibility(method: str) -> tuple:
             gr.update(visible=method == "raw"), gr.update(visible=method == "raw"))
 
 
-def build_tab(ctx: AppContext) -> None:
+def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdown]:
+    """The tab's components; returns (image input, its examples, model dropdown)."""
     gr.Markdown(
         "Where does the [CLS] token, which the classifier reads, gather its information from? "
-        "**Rollout** multiplies every layer's attention (heads fused, with the residual path) from "
-        "the start layer on; **gradient-weighted** rollout keeps only attention that raises the "
-        "target class's score; **raw** shows one layer's attention from [CLS] to the patches. "
-        "The image is shown as the model saw it (its own resize and crop), so each patch of the "
-        "map lies over the pixels it was made of.")
+        "**Gradient-weighted** rollout keeps only attention that raises the target class's score "
+        "(the default: it explains this app's predictions best, see the scores); **rollout** "
+        "multiplies every layer's attention (heads fused, with the residual path); **raw** shows "
+        "one layer's attention from [CLS] to the patches. Beside each map: how much the class "
+        "probability drops when the map's top patches are removed (deletion) and recovers when "
+        "only they are shown (insertion), against a random and a centre-first order.")
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=280):
             image = image_input()
-            choice = gr.Dropdown(model_choices(ctx.registry), value=BOTH, label="Model",
-                                 allow_custom_value=True)
-            method = gr.Radio(METHOD_CHOICES, value="rollout", label="Method")
-            head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion")
-            discard_ratio = gr.Slider(0.0, MAX_DISCARD_RATIO, value=0.0, step=0.01,
+            choice = model_dropdown(ctx.registry)
+            method = gr.Radio(METHOD_CHOICES, value=DEFAULT_METHOD, label="Method")
+            head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion",
+                                   visible=False)
+            discard_ratio = gr.Slider(0.0, MAX_DISCARD_RATIO, value=0.0, step=0.01, visible=False,
                                       label="Discard ratio (lowest patch-to-patch weights per row)")
             start_layer = gr.Number(0, precision=0, label="Start layer (0 = first)")
-            target_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Target class",
-                                       visible=False)
+            target_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Target class")
             layer = gr.Number(-1, precision=0, label="Layer (0 = first, -1 = last)", visible=False)
             head = gr.Number(None, precision=0, label="Head (empty = all heads, fused)", visible=False)
+            view = gr.Radio(VIEW_CHOICES, value=PHOTO, label="Show the map")
             with gr.Row():
-                colormap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap")
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity")
-            grid = gr.Checkbox(True, label="Show the patch grid")
+                colormap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap", min_width=120)
+                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity", min_width=120)
+            grid = gr.Checkbox(False, label="Show the patch grid")
+            faithfulness_all = gr.Checkbox(
+                False, visible=choice.value in (BOTH, VITB16),
+                label="Score ViT-B/16's maps too (slow on a CPU: 44 forward passes at 224 px)")
             run = gr.Button("Show attention", variant="primary")
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, min_width=280):
+            _, both = side_titles(choice.value, ctx.registry)
             with gr.Row():
-                with gr.Column():
-                    left = gr.Image(label="Scratch ViT / chosen model", format="png", type="numpy",
-                                    interactive=False)
+                with gr.Column(min_width=260):
+                    left = gr.Image(label="Scratch ViT / chosen model", show_label=False, format="png",
+                                    type="numpy", interactive=False, elem_id=LEFT_ID)
+                    left_faith = gr.Markdown(elem_id=f"{LEFT_ID}-faithfulness")
                     left_label = gr.Label(num_top_classes=TOP_K, label="Prediction")
-                with gr.Column():
-                    right = gr.Image(label="ViT-B/16", format="png", type="numpy", interactive=False)
+                with gr.Column(min_width=260, visible=both) as right_side:
+                    right = gr.Image(label="ViT-B/16", show_label=False, format="png", type="numpy",
+                                     interactive=False, elem_id=RIGHT_ID)
+                    right_faith = gr.Markdown(elem_id=f"{RIGHT_ID}-faithfulness")
                     right_label = gr.Label(num_top_classes=TOP_K, label="Prediction")
             notes = gr.Markdown()
             with gr.Accordion("Map values per patch (raw, before normalising for display)", open=False):
                 values = gr.JSON(label="Values")
-    examples(ctx, image)
-    run.click(functools.partial(rollout, ctx),
+    gallery = examples(ctx, image)
+    run.click(user_errors()(functools.partial(rollout, ctx)),
               inputs=[image, choice, method, head_fusion, discard_ratio, start_layer, target_class,
-                      layer, head, colormap, opacity, grid],
-              outputs=[left, right, left_label, right_label, values, notes], api_name="rollout",
-              **INFERENCE)
+                      layer, head, colormap, opacity, grid, view, faithfulness_all],
+              outputs=[left, right, left_label, right_label, values, notes, left_faith, right_faith],
+              api_name="rollout", **INFERENCE)
     method.change(control_visibility, inputs=[method],
                   outputs=[head_fusion, discard_ratio, start_layer, target_class, layer, head],
                   api_visibility="private", queue=False)
+    def show_sides(c: str):
+        """The right side with "both"; the ViT-B/16 scoring switch only where it is used."""
+        return (gr.Column(visible=side_titles(c, ctx.registry)[1]),
+                gr.Checkbox(visible=c in (BOTH, VITB16)))
+
+    choice.change(show_sides, inputs=[choice], outputs=[right_side, faithfulness_all],
+                  api_visibility="private", queue=False)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")
+    return image, gallery, choice

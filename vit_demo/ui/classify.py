@@ -6,55 +6,68 @@ import gradio as gr
 
 from ..data import CLASSES
 from ..inference import predict
-from ..registry import ModelUnavailable
-from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
-                     read_image)
+from ..registry import VITB16, ModelUnavailable
+from .common import (INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
+                     model_dropdown, read_image, side_titles, unavailable_message, unavailable_note,
+                     user_errors)
 
 TOP_K = 5
 
 
 def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | None, dict | None, str]:
     """(left confidences, right confidences, notes). A model that is unavailable leaves its
-    side empty with the reason in the notes, as long as another model answered."""
+    side empty with a one-line note, as long as another model answered."""
     img = read_image(image)
     keys = keys_for(choice, ctx.registry)
     results: list[dict | None] = []
     notes = []
+    errors = []
     for key in keys:
         label = ctx.registry.label(key)
         try:
             loaded = ctx.registry.get(key)
-        except ModelUnavailable as exc:
+        except ModelUnavailable:
             results.append(None)
-            notes.append(str(exc))
+            notes.append(unavailable_note(ctx.registry, key))
+            errors.append(unavailable_message(ctx.registry, key))
             continue
         pred = predict(loaded, img, TOP_K)
         results.append(pred.confidences)
         notes.append(f"**{label}**: {pred.latency_ms:.1f} ms (preprocessing + forward, "
                      f"{loaded.data_cfg.input_size[1]} px input)")
     if all(r is None for r in results):
-        raise gr.Error(" ".join(notes))
+        raise gr.Error(" ".join(errors))
     results += [None] * (2 - len(results))
     return results[0], results[1], "\n\n".join(notes)
 
 
-def build_tab(ctx: AppContext) -> None:
+def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdown]:
+    """The tab's components; returns (image input, its examples, model dropdown), which the
+    page shares with the other tabs and fills in when a visitor opens it."""
     gr.Markdown(
         "Drop, paste or photograph an image. The models know only CIFAR-10's ten classes: "
         + ", ".join(CLASSES) + ". Anything else is forced into one of them.")
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=280):
             image = image_input()
-            choice = gr.Dropdown(model_choices(ctx.registry), value=BOTH, label="Model",
-                                 allow_custom_value=True)
+            choice = model_dropdown(ctx.registry)
             run = gr.Button("Classify", variant="primary")
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=280):
+            title, both = side_titles(choice.value, ctx.registry)
             with gr.Row():
-                left = gr.Label(num_top_classes=TOP_K, label="Scratch ViT / chosen model")
-                right = gr.Label(num_top_classes=TOP_K, label="ViT-B/16")
+                left = gr.Label(num_top_classes=TOP_K, label=title, min_width=200)
+                right = gr.Label(num_top_classes=TOP_K, label=ctx.registry.label(VITB16),
+                                 min_width=200, visible=both)
             notes = gr.Markdown()
-    examples(ctx, image)
-    run.click(lambda img, c: classify(ctx, img, c), inputs=[image, choice],
+    gallery = examples(ctx, image)
+    run.click(user_errors()(lambda img, c: classify(ctx, img, c)), inputs=[image, choice],
               outputs=[left, right, notes], api_name="classify", **INFERENCE)
+    def show_sides(c: str):
+        title, both = side_titles(c, ctx.registry)
+        return gr.Label(label=title), gr.Label(visible=both)
+
+    choice.change(show_sides, inputs=[choice], outputs=[left, right], api_visibility="private",
+                  queue=False)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")
+    return image, gallery, choice

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -12,11 +14,11 @@ from gradio.data_classes import ImageData
 
 from ..examples import Gallery
 from ..finetune.store import FinetuneStore
-from ..settings import Settings
 from ..inference import BadImage, open_image
-from ..registry import READY, SCRATCH, VITB16, LoadedModel, ModelUnavailable, Registry
+from ..settings import Settings
+from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
+                        LoadedModel, ModelStatus, ModelUnavailable, Registry)
 
-BOTH = "both"  # model choice: scratch and ViT-B/16 side by side
 # /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
 # in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
 INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
@@ -33,7 +35,9 @@ class AppContext:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """The core's ``ValueError`` (a request the person must change) as a ``gr.Error``."""
+    """The core's ``ValueError`` (a request the person must change) as a ``gr.Error`` with the
+    same message, so that the tabs need not re-check: ``with user_errors(): ...``, or as a
+    decorator, ``user_errors()(fn)``."""
     try:
         yield
     except ValueError as exc:
@@ -64,14 +68,34 @@ def image_input(label: str = "Image") -> ImageUpload:
                        height=260)
 
 
-def examples(ctx: AppContext, image: gr.Image) -> None:
+def examples(ctx: AppContext, image: gr.Image) -> gr.Examples | None:
     """The CIFAR-10 example gallery feeding ``image``, or the reason there is none."""
     if ctx.gallery.paths:
-        gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
-                    label="CIFAR-10 test images, two per class (read from this machine's copy "
-                          "of the data set)", examples_per_page=20)
-    else:
-        gr.Markdown(ctx.gallery.reason)
+        return gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
+                           label="CIFAR-10 test images, two per class", examples_per_page=20)
+    gr.Markdown("No example images on this server: the CIFAR-10 test set is not on this machine. "
+                "Drop a photo of your own instead.")
+    return None
+
+
+def share_image(inputs: list[tuple[gr.Image, gr.Examples | None]]) -> None:
+    """One image for the whole visit: an image put into any of ``inputs`` (dropped, pasted,
+    photographed, cleared, or picked from that tab's examples) becomes the image of all others.
+
+    ``.input`` fires only on what the visitor does, not on these copies, so nothing loops.
+    """
+    for i, (image, gallery) in enumerate(inputs):
+        others = [other for j, (other, _) in enumerate(inputs) if j != i]
+        if not others:
+            continue
+
+        def copy(value, n=len(others)):
+            return value if n == 1 else [value] * n
+
+        image.input(copy, inputs=[image], outputs=others, api_visibility="private", queue=False)
+        if gallery is not None:
+            gallery.load_input_event.then(copy, inputs=[image], outputs=others,
+                                          api_visibility="private", queue=False)
 
 
 def read_image(path: str | Path | None):
@@ -84,13 +108,34 @@ def read_image(path: str | Path | None):
         raise gr.Error(f"Cannot use this file: {exc}.") from exc
 
 
+def default_choice(registry: Registry) -> str:
+    """Both models side by side when both are ready, else the scratch model alone."""
+    return BOTH if all(registry.status(k).state == READY for k in (SCRATCH, VITB16)) else SCRATCH
+
+
 def model_choices(registry: Registry, with_both: bool = True) -> list[tuple[str, str]]:
-    """(label, key) pairs for a dropdown: both side by side, then every model with its status."""
-    pairs = [("Scratch ViT and ViT-B/16, side by side", BOTH)] if with_both else []
-    for status in registry.statuses():
-        note = "" if status.state == READY or status.state == "not loaded" else f" [{status.state}]"
+    """(label, key) pairs for a dropdown: both side by side (when both can be used), then every
+    model, an unavailable one marked so."""
+    statuses = registry.statuses()
+    usable = {s.key for s in statuses if s.state != UNAVAILABLE}
+    pairs = ([("Scratch ViT and ViT-B/16, side by side", BOTH)]
+             if with_both and {SCRATCH, VITB16} <= usable else [])
+    for status in statuses:
+        note = "" if status.state in (READY, NOT_LOADED) else f" [{status.state}]"
         pairs.append((status.label + note, status.key))
     return pairs
+
+
+def model_dropdown(registry: Registry) -> gr.Dropdown:
+    return gr.Dropdown(model_choices(registry), value=default_choice(registry), label="Model",
+                       allow_custom_value=True)
+
+
+def side_titles(choice: str, registry: Registry) -> tuple[str, bool]:
+    """(title of the left result, whether the right one, ViT-B/16, is shown) for a choice."""
+    if choice == BOTH:
+        return registry.label(SCRATCH), True
+    return (registry.label(choice) if choice in registry.keys() else choice), False
 
 
 def keys_for(choice: str, registry: Registry) -> list[str]:
@@ -106,7 +151,7 @@ def get_model(registry: Registry, key: str) -> LoadedModel:
     try:
         return registry.get(key)
     except ModelUnavailable as exc:
-        raise gr.Error(str(exc)) from exc
+        raise gr.Error(unavailable_message(registry, key)) from exc
 
 
 def model_status(registry: Registry) -> list[dict]:
@@ -114,9 +159,104 @@ def model_status(registry: Registry) -> list[dict]:
     return [asdict(s) for s in registry.statuses()]
 
 
-def status_markdown(registry: Registry) -> str:
-    lines = ["| model | status | weights |", "| --- | --- | --- |"]
+# -- what the page says about the models ------------------------------------------------------
+SHORT_NAMES = {SCRATCH: "Scratch ViT", VITB16: "ViT-B/16"}
+_EXCEPTION = re.compile(r"\s*\([A-Za-z_][\w.]*(Error|Exception|NotFound)\w*:.*?\)(?=[.;]|\s|$)", re.S)
+
+
+def short_name(status: ModelStatus) -> str:
+    return SHORT_NAMES.get(status.key, status.label)
+
+
+def short_reason(status: ModelStatus) -> str:
+    """A few words on why a model is not ready (no exception text), or "" when it is."""
+    if status.state == READY:
+        return ""
+    if status.state == LOADING:
+        return "loading now"
+    if status.state == NOT_LOADED:
+        return "loads on first use"
+    if status.source.startswith("hf-hub:"):
+        return "weights not on this server"
+    if "hub downloads are switched off" in status.reason:
+        return "hub downloads switched off"
+    return "checkpoint missing or unreadable"
+
+
+def how_to_get(status: ModelStatus, weights_dir: Path | None = None) -> str:
+    """The reason a model is unavailable, for a person: no exception class or message, and
+    no path of this machine (``weights_dir`` reads "the weights folder")."""
+    if status.source.startswith("hf-hub:") or "hub" in status.reason:
+        return ("Its weights are not on this server and cannot be downloaded from the Hugging Face "
+                "hub now. To use it: run "
+                "the app once with network access (the download is cached), or put "
+                "`vit-b16-cifar10.safetensors` + `.json` in the weights folder.")
+    reason = re.sub(r"^[A-Za-z_]\w*(Error|Exception): ", "", _EXCEPTION.sub("", status.reason))
+    if weights_dir is not None:
+        reason = reason.replace(str(weights_dir), "the weights folder")
+    return reason.strip() or "Its checkpoint could not be read."
+
+
+def unavailable_message(registry: Registry, key: str) -> str:
+    """Why a model cannot be used and how to get it, for an error message (no exception text)."""
+    status = registry.status(key)
+    return f"{status.label} is unavailable. {how_to_get(status, registry.weights_dir)}"
+
+
+def unavailable_note(registry: Registry, key: str) -> str:
+    """One short line for a model a request could not use."""
+    status = registry.status(key)
+    return f"**{short_name(status)}** is not available ({short_reason(status)}; see *Model details*)."
+
+
+_BADGE_COLOURS = {READY: "#15803d", LOADING: "#b45309", NOT_LOADED: "#475569", UNAVAILABLE: "#b91c1c"}
+
+
+def status_badges(registry: Registry) -> str:
+    """The models as compact badges (name, state, a short reason), HTML that wraps on a phone."""
+    badges = []
     for s in registry.statuses():
-        state = s.state if not s.reason else f"{s.state}: {s.reason}"
-        lines.append(f"| {s.label} | {state} | `{s.source}` |")
+        reason = short_reason(s)
+        colour = _BADGE_COLOURS.get(s.state, "#475569")
+        badges.append(
+            f'<span class="model-badge" data-model="{html.escape(s.key)}" '
+            f'data-state="{html.escape(s.state)}">'
+            f'<b>{html.escape(short_name(s))}</b> '
+            f'<span class="model-state" style="background:{colour}">{html.escape(s.state)}</span>'
+            + (f' <span class="model-reason">{html.escape(reason)}</span>' if reason else "")
+            + "</span>")
+    return '<div class="model-badges">' + "".join(badges) + "</div>"
+
+
+def status_details(registry: Registry) -> str:
+    """Every model with its state, where its weights come from and, if unavailable, how to get it."""
+    lines = []
+    for s in registry.statuses():
+        line = f"- **{s.label}**: {s.state}; weights: `{s.source}`"
+        if s.state == UNAVAILABLE:
+            line += f". {how_to_get(s, registry.weights_dir)}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def any_loading(registry: Registry) -> bool:
+    return any(s.state == LOADING for s in registry.statuses())
+
+
+CSS = """
+.model-badges { display: flex; flex-wrap: wrap; gap: 6px 14px; align-items: center; }
+.model-badge { white-space: nowrap; font-size: 0.95em; }
+.model-state { color: white; border-radius: 999px; padding: 1px 8px; font-size: 0.85em; }
+.model-reason { color: var(--body-text-color-subdued); font-size: 0.85em; white-space: normal; }
+.prose code, .md code { overflow-wrap: anywhere; }
+.scroll-x { overflow-x: auto; max-width: 100%; }
+.figure-table th { white-space: nowrap; }
+.figure-table td, .figure-table th { padding: 4px 8px; }
+.figure-table td:first-child { min-width: 9em; }
+.figures { display: flex; flex-wrap: wrap; gap: 16px; }
+.figures figure { margin: 0; flex: 1 1 320px; max-width: 750px; min-width: 0; }
+.figures img { display: block; width: 100%; height: auto; object-fit: contain; }
+.figures figcaption { font-size: 0.9em; color: var(--body-text-color-subdued); }
+/* compact tab buttons, so that all four fit in a phone's width without the overflow menu */
+.tab-wrapper .tab-container button { padding-left: 8px !important; padding-right: 8px !important; }
+"""

@@ -1,47 +1,74 @@
 """Compare tab: test accuracy, per-class accuracy, confusion matrices, size, FLOPs and CPU
-latency of every model, as measured by the evaluation code and stored in the cards."""
+latency of every model, as measured by the evaluation code and stored in the cards, and a
+latency measured now on this server on request. Every figure says where it comes from."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
+import re
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from ..compare import ModelFigures, figures
 from ..data import CLASSES
 from ..evaluate import save_confusion_png
-from .common import AppContext
+from ..registry import READY, UNAVAILABLE, Registry
+from .common import INFERENCE, AppContext, how_to_get
 
 _PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-confusion-"))
+LATENCY_RUNS = 5
 
 
 def _fmt(value, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
 
 
+def _inline(text: str) -> str:
+    """Plain text with `code` spans, as HTML."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _table(header: list[str], rows: list[list[str]], elem_class: str = "figure-table") -> str:
+    """An HTML table that scrolls sideways inside its box on a narrow screen (the page does not)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return (f'<div class="scroll-x"><table class="{elem_class}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
+
+
 def summary_table(rows: list[ModelFigures]) -> str:
-    lines = ["| model | CIFAR-10 test top-1 | test images | parameters | GFLOPs / image | "
-             "CPU latency (1 image) | where the figures come from |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    """Accuracy, size, FLOPs and the card's CPU latency of every model, with their source."""
+    header = ["model", "CIFAR-10 test top-1", "test images", "parameters", "GFLOPs / image",
+              "CPU latency, 1 image (card)", "where the figures come from"]
+    out = []
     for r in rows:
-        lines.append(
-            f"| {r.label} | {_fmt(r.accuracy and 100 * r.accuracy, '.2f', ' %')} | "
-            f"{_fmt(r.test_images, ',')} | {_fmt(r.params and r.params / 1e6, '.2f', ' M')} | "
-            f"{_fmt(r.flops and r.flops / 1e9, '.3f')} | {_fmt(r.cpu_latency_ms, '.1f', ' ms')} | "
-            f"{r.note} |")
-    return "\n".join(lines)
+        out.append([html.escape(r.label), _fmt(r.accuracy and 100 * r.accuracy, ".2f", " %"),
+                    _fmt(r.test_images, ","), _fmt(r.params and r.params / 1e6, ".2f", " M"),
+                    _fmt(r.flops and r.flops / 1e9, ".3f"), _fmt(r.cpu_latency_ms, ".1f", " ms"),
+                    _inline(r.note)])
+    return _table(header, out) + (
+        '<p class="figure-note">Accuracy, per-class accuracy and confusion matrices: the card\'s '
+        "test run (<code>python -m vit_demo evaluate --update-card</code>). Its CPU latency is "
+        "the median forward pass of one image on the machine and threads of that run, while "
+        "that machine was busy or not, so it differs from the README's benchmark and from this "
+        "server: use <i>Time one image on this server now</i> for a figure measured here.</p>")
 
 
 def per_class_table(rows: list[ModelFigures]) -> str:
     measured = [r for r in rows if r.per_class]
     if not measured:
-        return "No per-class figures yet."
-    lines = ["| class | " + " | ".join(r.label for r in measured) + " |",
-             "| --- |" + " --- |" * len(measured)]
-    for i, name in enumerate(CLASSES):
-        lines.append(f"| {name} | " + " | ".join(f"{100 * r.per_class[i]:.1f} %" for r in measured) + " |")
-    return "\n".join(lines)
+        return "<p>No per-class figures yet.</p>"
+    header = ["class"] + [f"{r.label} (card)" for r in measured]
+    out = [[name] + [f"{100 * r.per_class[i]:.1f} %" for r in measured]
+           for i, name in enumerate(CLASSES)]
+    return _table(header, out)
 
 
 def confusion_images(rows: list[ModelFigures]) -> list[tuple[str, str]]:
@@ -53,24 +80,72 @@ def confusion_images(rows: list[ModelFigures]) -> list[tuple[str, str]]:
         path = _PNG_DIR / f"{abs(hash((r.key, str(r.confusion)))):x}.png"
         if not path.is_file():
             save_confusion_png(r.confusion, CLASSES, path, title=r.label)
-        out.append((str(path), r.label))
+        out.append((str(path), f"{r.label}: confusion matrix from the card's test run ({r.note}); "
+                               "rows: true class, columns: predicted"))
     return out
 
 
-def compare(ctx: AppContext) -> tuple[str, str, list[tuple[str, str]]]:
-    rows = [figures(ctx.registry, key) for key in ctx.registry.keys()]
-    return summary_table(rows), per_class_table(rows), confusion_images(rows)
+def figures_html(images: list[tuple[str, str]]) -> str:
+    """The confusion matrices as whole figures (scaled to the width, never cropped), inline."""
+    if not images:
+        return "<p>No confusion matrices yet: no model has measured figures in its card.</p>"
+    parts = []
+    for path, caption in images:
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return '<div class="figures">' + "".join(parts) + "</div>"
 
 
-def build_tab(ctx: AppContext) -> tuple[gr.Markdown, gr.Markdown, gr.Gallery]:
+def _figures(registry: Registry, key: str) -> ModelFigures:
+    """A model's figures; an unavailable model's note says how to get it, not the exception."""
+    row = figures(registry, key)
+    status = registry.status(key)
+    if status.state == UNAVAILABLE:
+        row = dataclasses.replace(row, note=f"unavailable: {how_to_get(status, registry.weights_dir)}")
+    return row
+
+
+def compare(registry: Registry) -> tuple[str, str, str]:
+    """(summary table, per-class table, confusion-matrix figures), all HTML."""
+    rows = [_figures(registry, key) for key in registry.keys()]
+    return summary_table(rows), per_class_table(rows), figures_html(confusion_images(rows))
+
+
+def measure_latency(ctx: AppContext, runs: int = LATENCY_RUNS) -> str:
+    """Median forward pass of one image, now, for every model that is ready (none is loaded)."""
+    lines = []
+    for status in ctx.registry.statuses():
+        if status.state != READY:
+            lines.append(f"- **{status.label}**: not timed ({status.state})")
+            continue
+        loaded = ctx.registry.get(status.key)
+        x = torch.randn(1, *loaded.data_cfg.input_size, generator=torch.Generator().manual_seed(0))
+        times = []
+        with torch.inference_mode():
+            loaded.model(x)  # warm-up
+            for _ in range(runs):
+                start = time.perf_counter()
+                loaded.model(x)
+                times.append((time.perf_counter() - start) * 1000)
+        lines.append(f"- **{status.label}**: {statistics.median(times):.1f} ms")
+    return (f"Measured now on this server: median of {runs} forward passes of one image, "
+            f"{torch.get_num_threads()} threads, while it serves other visitors.\n\n" + "\n".join(lines))
+
+
+def build_tab(ctx: AppContext) -> tuple[gr.HTML, gr.HTML, gr.HTML]:
     """The tab's components; returns its outputs so the page can fill them when it loads."""
-    gr.Markdown("Figures measured by `python -m vit_demo evaluate --update-card` on the CIFAR-10 "
-                "test set and stored in each checkpoint's card. A model without a card is listed "
-                "with the reason.")
-    refresh = gr.Button("Refresh")
-    summary = gr.Markdown()
-    per_class = gr.Markdown()
-    confusion = gr.Gallery(label="Confusion matrices (rows: true class, columns: predicted)",
-                           columns=2, height="auto")
-    refresh.click(lambda: compare(ctx), outputs=[summary, per_class, confusion], api_name="compare")
+    gr.Markdown("Figures from each checkpoint's card, measured by "
+                "`python -m vit_demo evaluate --update-card` on the CIFAR-10 test set. A model "
+                "without a card is listed with the reason.")
+    summary = gr.HTML(elem_id="compare-summary")
+    with gr.Row():
+        refresh = gr.Button("Refresh", size="sm")
+        time_now = gr.Button("Time one image on this server now", size="sm")
+    latency = gr.Markdown()
+    per_class = gr.HTML(elem_id="compare-per-class")
+    gr.Markdown("**Confusion matrices** (from the cards' test runs)")
+    confusion = gr.HTML(elem_id="compare-figures")
+    refresh.click(lambda: compare(ctx.registry), outputs=[summary, per_class, confusion], api_name="compare")
+    time_now.click(lambda: measure_latency(ctx), outputs=[latency], api_name="latency", **INFERENCE)
     return summary, per_class, confusion

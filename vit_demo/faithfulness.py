@@ -1,0 +1,238 @@
+"""How faithful is a patch map? Deletion and insertion scores, as plain torch/numpy functions.
+
+A map ranks the patches of one image (most important first). **Deletion** removes the patches in
+that order (each removed patch is set to the baseline, by default 0 in the model's normalised
+input space, i.e. the data set's mean colour) and follows the probability of the target class;
+**insertion** starts from the all-baseline image and puts the patches back in the same order.
+The score of a curve is its area over the fraction of patches changed, ``[0, 1]`` (trapezoid
+rule). A map that explains the prediction well has a **low deletion** score (the class
+probability collapses as soon as its top patches go) and a **high insertion** score (a few of
+its top patches suffice). (Petsiuk, Das & Saenko 2018, "RISE", arXiv:1806.07421, sec. 4.)
+
+Two baselines give the numbers a scale for the same image: a **random** order of the patches,
+and **centre-first** (patches by distance from the image centre: photographers centre their
+subject, so a map must beat this guess to show more than that).
+
+All curves of one image (the map and both baselines, deletion and insertion) are evaluated in
+one batched pass of the model: the image itself, the all-baseline image, and ``steps - 1``
+inner points per curve (44 inputs for three maps at 8 steps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_STEPS = 8  # curve points minus one: patches are removed in ``steps`` equal groups
+BATCH_SIZE = 256  # inputs per forward pass
+BASELINES = ("random", "centre")
+# The map counts as explaining the prediction better than a baseline when its deletion score is
+# lower and its insertion score higher, by at least this much on at least one of the two.
+MARGIN = 0.02
+
+
+def check_map(heatmap: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The map as a float64 (rows, cols) tensor; ``ValueError`` unless 2-D, non-empty, finite."""
+    m = torch.as_tensor(np.asarray(heatmap), dtype=torch.float64)
+    if m.ndim != 2 or m.numel() == 0:
+        raise ValueError(f"a map must be a non-empty (rows, cols) array, got shape {tuple(m.shape)}")
+    if not torch.isfinite(m).all():
+        raise ValueError("the map has NaN or infinite values")
+    return m
+
+
+def patch_order(heatmap: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Patch indices (row-major) from the highest map value to the lowest; ties in index order."""
+    m = check_map(heatmap).flatten()
+    return torch.sort(-m, stable=True).indices
+
+
+def centre_map(rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) map that is highest at the centre: minus the distance of each patch centre
+    from the image centre (in patch units, aspect kept)."""
+    r = torch.arange(rows, dtype=torch.float64) - (rows - 1) / 2
+    c = torch.arange(cols, dtype=torch.float64) - (cols - 1) / 2
+    return -torch.sqrt(r[:, None] ** 2 + c[None, :] ** 2)
+
+
+def random_map(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """A (rows, cols) map of independent uniform values (a random patch order), seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(rows, cols, generator=gen, dtype=torch.float64)
+
+
+def step_counts(num_patches: int, steps: int) -> list[int]:
+    """How many patches are changed at each of the ``steps + 1`` curve points: 0 ... num_patches,
+    evenly spaced (rounded down)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    steps = min(steps, num_patches)
+    return [num_patches * k // steps for k in range(steps + 1)]
+
+
+def patch_masks(order: torch.Tensor, counts: list[int], grid: tuple[int, int],
+                size: tuple[int, int]) -> torch.Tensor:
+    """(len(counts), H, W) float masks: 1 on the first ``counts[k]`` patches of ``order``.
+
+    The patch grid tiles the input: patch ``(r, c)`` covers rows ``r * H // rows`` to
+    ``(r + 1) * H // rows`` (and likewise columns).
+    """
+    rows, cols = grid
+    height, width = size
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())  # rank[p]: when patch p is changed
+    on = rank[None, :] < torch.tensor(counts)[:, None]  # (K, rows * cols)
+    on = on.view(len(counts), rows, cols).float()
+    ys = (torch.arange(height) * rows) // height  # patch row of every pixel row
+    xs = (torch.arange(width) * cols) // width
+    return on[:, ys][:, :, xs]  # (K, H, W)
+
+
+def perturbed_inputs(x: torch.Tensor, masks: torch.Tensor, mode: str,
+                     baseline: float = 0.0) -> torch.Tensor:
+    """``x`` (C, H, W) with the masked pixels set to ``baseline`` ("deletion") or with only the
+    masked pixels kept and the rest set to ``baseline`` ("insertion"): (K, C, H, W)."""
+    if mode == "deletion":
+        keep = 1.0 - masks
+    elif mode == "insertion":
+        keep = masks
+    else:
+        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
+    keep = keep[:, None].to(x.dtype)  # (K, 1, H, W)
+    return x[None] * keep + baseline * (1.0 - keep)
+
+
+def area(curve: np.ndarray | torch.Tensor) -> float:
+    """Area under a curve sampled at equal steps over [0, 1] (trapezoid rule)."""
+    y = np.asarray(curve, dtype=np.float64)
+    if y.ndim != 1 or y.size < 2:
+        raise ValueError(f"a curve needs at least two points, got shape {y.shape}")
+    return float(((y[1:] + y[:-1]) / 2).sum() / (y.size - 1))
+
+
+def class_probabilities(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+                        target: int, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """Softmax probability of ``target`` for every input (N, C, H, W), in batches: (N,)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model(inputs[start:start + batch_size])
+            out.append(logits.float().softmax(dim=-1)[:, target])
+    return torch.cat(out)
+
+
+def curves(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+           maps: dict[str, torch.Tensor | np.ndarray], target: int, steps: int = DEFAULT_STEPS,
+           baseline: float = 0.0, batch_size: int = BATCH_SIZE) -> dict[str, dict[str, np.ndarray]]:
+    """Deletion and insertion curves of every map for one image, in one batched pass.
+
+    Args:
+        model: logits from a batch of inputs (the model itself, in eval mode).
+        x: the model's input, (1, C, H, W) or (C, H, W), already preprocessed.
+        maps: name -> (rows, cols) map; all on the same patch grid.
+        target: the class whose probability is followed.
+        steps: curve points minus one (at most the number of patches).
+
+    Returns:
+        name -> {"deletion": (K,), "insertion": (K,)} probabilities, K = steps + 1 (fewer
+        when the grid has fewer patches).
+    """
+    x = x[0] if x.ndim == 4 else x
+    if x.ndim != 3:
+        raise ValueError(f"expected one input (C, H, W) or (1, C, H, W), got shape {tuple(x.shape)}")
+    checked = {name: check_map(m) for name, m in maps.items()}
+    grids = {tuple(m.shape) for m in checked.values()}
+    if len(grids) != 1:
+        raise ValueError(f"all maps must share one patch grid, got {sorted(grids)}")
+    grid = grids.pop()
+    counts = step_counts(grid[0] * grid[1], steps)
+    # Every curve starts and ends at the image itself or the all-baseline image: those two are
+    # evaluated once; each curve adds only its inner points.
+    inner = counts[1:-1]
+    batches = [x[None], torch.full_like(x, baseline)[None]]
+    for m in checked.values():
+        masks = patch_masks(patch_order(m), inner, grid, tuple(x.shape[-2:]))
+        batches += [perturbed_inputs(x, masks, "deletion", baseline),
+                    perturbed_inputs(x, masks, "insertion", baseline)]
+    probs = class_probabilities(model, torch.cat(batches), target, batch_size).numpy()
+    probs = probs.astype(np.float64)
+    full, empty, n = probs[0], probs[1], len(inner)
+    out = {}
+    for i, name in enumerate(checked):
+        start = 2 + 2 * i * n
+        out[name] = {"deletion": np.concatenate([[full], probs[start:start + n], [empty]]),
+                     "insertion": np.concatenate([[empty], probs[start + n:start + 2 * n], [full]])}
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Deletion and insertion areas of one map (lower deletion, higher insertion: better)."""
+    deletion: float
+    insertion: float
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """The scores of a map and of the two baselines for the same image and class."""
+    target: int
+    map: Scores
+    random: Scores
+    centre: Scores
+    steps: int
+
+    def reading(self) -> str:
+        """One line saying whether the map explains the prediction better than the baselines."""
+        return reading(self.map, self.random, self.centre)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "steps": self.steps,
+                **{name: {"deletion": round(s.deletion, 4), "insertion": round(s.insertion, 4)}
+                   for name, s in (("map", self.map), ("random", self.random), ("centre", self.centre))}}
+
+
+def beats(a: Scores, b: Scores, margin: float = MARGIN) -> bool:
+    """``a`` explains better than ``b``: no worse on both scores, better by ``margin`` on one."""
+    no_worse = a.deletion <= b.deletion and a.insertion >= b.insertion
+    return no_worse and max(b.deletion - a.deletion, a.insertion - b.insertion) >= margin
+
+
+def reading(m: Scores, random: Scores, centre: Scores) -> str:
+    """A one-line verdict on the map against the random and centre-first orders."""
+    if beats(m, centre):
+        return "This map explains the prediction better than a centre guess (and a random order)." \
+            if beats(m, random) else "This map explains the prediction better than a centre guess."
+    if beats(m, random):
+        return "This map explains the prediction no better than a centre guess, though better than random."
+    return "This map explains the prediction no better than a centre guess or a random order."
+
+
+def faithfulness(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 heatmap: torch.Tensor | np.ndarray, target: int | None = None,
+                 steps: int = DEFAULT_STEPS, seed: int = 0, baseline: float = 0.0,
+                 batch_size: int = BATCH_SIZE) -> Faithfulness:
+    """Deletion and insertion scores of ``heatmap`` and of the random (``seed``) and centre-first
+    baselines for the input ``x`` (1, C, H, W) and class ``target`` (None: the class the model
+    predicts for ``x``), in one batched pass."""
+    m = check_map(heatmap)
+    rows, cols = m.shape
+    if target is None:
+        with torch.inference_mode():
+            target = int(model(x if x.ndim == 4 else x[None]).argmax(dim=-1)[0])
+    maps = {"map": m, "random": random_map(rows, cols, seed), "centre": centre_map(rows, cols)}
+    got = curves(model, x, maps, target, steps, baseline, batch_size)
+    scores = {name: Scores(area(c["deletion"]), area(c["insertion"])) for name, c in got.items()}
+    return Faithfulness(target, scores["map"], scores["random"], scores["centre"],
+                        len(got["map"]["deletion"]) - 1)
+
+
+def mean_scores(scores: list[Scores]) -> Scores:
+    """The mean deletion and insertion over images."""
+    if not scores:
+        raise ValueError("no scores to average")
+    return Scores(math.fsum(s.deletion for s in scores) / len(scores),
+                  math.fsum(s.insertion for s in scores) / len(scores))
