@@ -29,10 +29,10 @@ _UNREADABLE = "the file is not an image format the app can read (PNG, JPEG, GIF,
 
 
 def set_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow refuse, from the header and before decoding, any image over ``max_pixels``
-    wherever it is opened in this process (Gradio decodes images sent inline in the API's
-    JSON before any handler runs). Pillow raises above twice its limit and warns above it."""
-    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    """Make Pillow refuse, from the header and before decoding, any image over twice
+    ``max_pixels`` wherever it is opened in this process (``open_image`` refuses the ones
+    between, with their size): a guard for any path that decodes before our checks."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -40,7 +40,8 @@ class BadImage(ValueError):
     """The file is not an image the app can use; the message says why, for the person."""
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS,
+               max_bytes: int = MAX_FILE_BYTES) -> Image.Image:
     """Decode ``path`` into an RGB image, first frame of an animation, EXIF rotation applied.
 
     The pixel count is checked from the header before any pixel is decoded. No global state
@@ -53,22 +54,22 @@ def open_image(path: str | Path) -> Image.Image:
         raise BadImage(f"the upload could not be read ({exc.strerror})") from exc
     if size == 0:
         raise BadImage("the file is empty (0 bytes)")
-    if size > MAX_FILE_BYTES:
-        raise BadImage(f"the file is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+    if size > max_bytes:
+        raise BadImage(f"the file is {size / 2**20:.1f} MB; the limit is {max_bytes // 2**20} MB")
     try:
         with Image.open(path, formats=FORMATS) as img:
             w, h = img.size
-            if w * h > MAX_PIXELS:
+            if w * h > max_pixels:
                 raise BadImage(f"the image is {w}x{h} pixels; the limit is "
-                               f"{MAX_PIXELS / 1e6:.0f} megapixels")
+                               f"{max_pixels / 1e6:.0f} megapixels")
             img.seek(0)  # first frame of an animated GIF/WebP/PNG
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except BadImage:
         raise
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, above MAX_PIXELS
+    except Image.DecompressionBombError as exc:  # Pillow's own limit
         raise BadImage(f"the image has too many pixels to decode safely; the limit is "
-                       f"{MAX_PIXELS / 1e6:.0f} megapixels") from exc
+                       f"{max_pixels / 1e6:.0f} megapixels") from exc
     except UnidentifiedImageError as exc:
         raise BadImage(_UNREADABLE) from exc
     except Exception as exc:  # any decoder failure is a property of the file, not of the app

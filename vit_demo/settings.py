@@ -10,11 +10,13 @@ import os
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+from .inference import MAX_FILE_BYTES, MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class Settings:
-    max_pixels: int = 25_000_000  # largest image (width x height) decoded, e.g. 6000 x 4000
-    max_file_mb: int = 20  # largest upload, refused by the server before any handler runs
+    max_pixels: int = MAX_PIXELS  # largest image (width x height) decoded, e.g. 6000 x 4000
+    max_file_mb: int = MAX_FILE_BYTES // 2 ** 20  # largest upload, refused before any handler runs
     queue_size: int = 64  # requests waiting beyond this are refused at once ("queue full")
     max_job_s: int = 600  # a fine-tune's wall-clock budget: estimated before start, enforced after
     keep_finetuned: int = 3  # fine-tuned checkpoints kept on disk and in memory; oldest evicted
@@ -26,10 +28,12 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"VIT_DEMO_{f.name.upper()}")
             if raw is not None:
-                try:
-                    values[f.name] = int(raw)
-                except ValueError:
-                    raise ValueError(f"VIT_DEMO_{f.name.upper()} must be a whole number, not {raw!r}")
-                if values[f.name] < 1:
-                    raise ValueError(f"VIT_DEMO_{f.name.upper()} must be at least 1")
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ValueError(f"VIT_DEMO_{f.name.upper()} must be a whole number from 1, "
+                                     f"not {raw!r}")
+                values[f.name] = int(raw)
         return cls(**values)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_file_mb * 2 ** 20

@@ -87,7 +87,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def launch_kwargs(ctx: AppContext) -> dict:
     """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
     (``allowed_paths``: their folder), never the shipped weights folder."""
-    return {"max_file_size": f"{ctx.settings.max_file_mb}mb", "css": CSS,
+    return {"max_file_size": ctx.settings.max_bytes, "css": CSS,
             "allowed_paths": [str(ctx.store.folder.resolve())]}
 
 

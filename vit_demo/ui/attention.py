@@ -187,7 +187,7 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
     side empty with a one-line note, as long as another model answered. Settings the core
     refuses raise ``ValueError`` (``gr.Error`` in the app, through ``user_errors``).
     """
-    img = read_image(image)
+    img = read_image(image, ctx.settings)
     keys = keys_for(choice, ctx.registry)
     settings = settings_from(method, head_fusion, discard_ratio, start_layer, target_class, layer,
                              head, colormap, opacity, grid, view, faithfulness_all)
@@ -253,7 +253,7 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
         "only they are shown (insertion), against a random and a centre-first order.")
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = image_input()
+            image = image_input(ctx.settings)
             choice = model_dropdown(ctx.registry)
             method = gr.Radio(METHOD_CHOICES, value=DEFAULT_METHOD, label="Method")
             head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion",

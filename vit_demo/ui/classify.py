@@ -17,7 +17,7 @@ TOP_K = 5
 def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | None, dict | None, str]:
     """(left confidences, right confidences, notes). A model that is unavailable leaves its
     side empty with a one-line note, as long as another model answered."""
-    img = read_image(image)
+    img = read_image(image, ctx.settings)
     keys = keys_for(choice, ctx.registry)
     results: list[dict | None] = []
     notes = []
@@ -49,7 +49,7 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
         + ", ".join(CLASSES) + ". Anything else is forced into one of them.")
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = image_input()
+            image = image_input(ctx.settings)
             choice = model_dropdown(ctx.registry)
             run = gr.Button("Classify", variant="primary")
         with gr.Column(scale=1, min_width=280):

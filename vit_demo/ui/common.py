@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 from gradio.data_classes import ImageData
 
 from ..examples import Gallery
@@ -47,10 +48,15 @@ def user_errors() -> Iterator[None]:
 class ImageUpload(gr.Image):
     """``gr.Image`` that hands its handler the uploaded file's path without opening it.
 
-    Gradio's own ``gr.Image`` decodes the upload before the handler runs, so a damaged or
-    huge file fails there with an opaque message; here ``read_image`` decodes it and says
-    what is wrong.
+    Gradio's own ``gr.Image`` decodes the upload before the handler runs (an image sent inline
+    as a ``data:`` URL too), so a damaged or huge file fails there with an opaque message, after
+    costing its pixels in memory; here the bytes are only written to a file, and ``read_image``
+    decodes it within the limits and says what is wrong.
     """
+
+    def __init__(self, *args, max_bytes: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_bytes = max_bytes
 
     def get_block_name(self) -> str:
         return "image"
@@ -58,14 +64,18 @@ class ImageUpload(gr.Image):
     def preprocess(self, payload: ImageData | None) -> str | None:
         if payload is None:
             return None
-        if payload.path is None:  # a base64 data URL (webcam): let Gradio write it to a file
-            return super().preprocess(payload)
+        if payload.path is None:  # a data: URL (the webcam, or an API call with the image inline)
+            if not payload.url or not payload.url.startswith("data:"):
+                raise gr.Error("Cannot use this image: send a file or a data: URL.")
+            if len(payload.url) > self.max_bytes * 4 // 3 + 1024:  # base64 is 4/3 the bytes
+                raise gr.Error(f"Cannot use this file: the limit is {self.max_bytes // 2**20} MB.")
+            return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
         return payload.path
 
 
-def image_input(label: str = "Image") -> ImageUpload:
+def image_input(settings: Settings, label: str = "Image") -> ImageUpload:
     return ImageUpload(label=label, type="filepath", sources=["upload", "clipboard", "webcam"],
-                       height=260)
+                       height=260, max_bytes=settings.max_bytes)
 
 
 def examples(ctx: AppContext, image: gr.Image) -> gr.Examples | None:
@@ -98,12 +108,13 @@ def share_image(inputs: list[tuple[gr.Image, gr.Examples | None]]) -> None:
                                           api_visibility="private", queue=False)
 
 
-def read_image(path: str | Path | None):
-    """The RGB image at ``path``, or a ``gr.Error`` the person can act on."""
+def read_image(path: str | Path | None, settings: Settings):
+    """The RGB image at ``path``, within ``settings``' limits, or a ``gr.Error`` the person can
+    act on."""
     if path is None:
         raise gr.Error("Add an image first: drop a file, paste one, use the webcam or pick an example.")
     try:
-        return open_image(path)
+        return open_image(path, settings.max_pixels, settings.max_bytes)
     except BadImage as exc:
         raise gr.Error(f"Cannot use this file: {exc}.") from exc
 

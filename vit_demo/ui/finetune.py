@@ -190,7 +190,8 @@ def build_tab(ctx: AppContext) -> JobRunner:
     number = partial(gr.Number, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
-            base = gr.Dropdown(base_choices(ctx), value=d.base, label="Base model")
+            base = gr.Dropdown(base_choices(ctx), value=d.base, label="Base model",
+                               allow_custom_value=True)  # fine-tunes made after the page was built
             with gr.Row():
                 train_images = number(d.train_images, label="Training images")
                 epochs = number(d.epochs, label="Epochs")

@@ -182,7 +182,7 @@ def inside(ctx: AppContext, choice: str, image: str | None) -> tuple:
     model that is not ready leaves its side empty, with the reason in the notes); the
     values are a dict keyed by registry key with the numbers behind them, or
     ``available: False`` with the reason."""
-    img = None if image is None else read_image(image)
+    img = None if image is None else read_image(image, ctx.settings)
     shown, reasons = ready_models(ctx, choice)
     pictures: list[str | None] = []
     notes: list[str] = []
@@ -214,7 +214,7 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
                                  allow_custom_value=True)
             run = gr.Button("Show figures", variant="primary")
         with gr.Column(scale=1):
-            image = image_input("Image for the distance figure (optional)")
+            image = image_input(ctx.settings, "Image for the distance figure (optional)")
     left: list[gr.Image] = []
     right: list[gr.Image] = []
     for name, label in FIGURES:
