@@ -284,7 +284,7 @@ def test_first_screen_on_a_phone(browser, app, request):
         badges.first.wait_for()
         screenshot(page, "phone-first-screen")
         assert page_width_overflow(page) <= 0
-        assert page.get_by_role("tab").count() == 4  # all four tabs fit: no "More tabs" menu
+        assert page.get_by_role("tab").count() == 5  # all five tabs fit: no "More tabs" menu
         tab_top = page.get_by_role("tab", name="Classify").bounding_box()["y"]
         drop_top = block(page.get_by_role("tabpanel").filter(visible=True), "Image").bounding_box()["y"]
         assert tab_top < FIRST_SCREENS_PX and drop_top < FIRST_SCREENS_PX, (tab_top, drop_top)

@@ -15,7 +15,7 @@ from gradio.data_classes import ImageData
 
 from ..examples import Gallery
 from ..finetune.store import FinetuneStore
-from ..inference import BadImage, open_image
+from ..inference import MAX_FILE_BYTES, BadImage, open_image
 from ..settings import Settings
 from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
                         LoadedModel, ModelStatus, ModelUnavailable, Registry)
@@ -54,9 +54,7 @@ class ImageUpload(gr.Image):
     decodes it within the limits and says what is wrong.
     """
 
-    def __init__(self, *args, max_bytes: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.max_bytes = max_bytes
+    max_bytes = MAX_FILE_BYTES  # largest inline image; ``image_input`` sets the deployment's
 
     def get_block_name(self) -> str:
         return "image"
@@ -74,8 +72,12 @@ class ImageUpload(gr.Image):
 
 
 def image_input(settings: Settings, label: str = "Image") -> ImageUpload:
-    return ImageUpload(label=label, type="filepath", sources=["upload", "clipboard", "webcam"],
-                       height=260, max_bytes=settings.max_bytes)
+    # Gradio's config takes a component's settings from its __init__ signature: the limit is
+    # set on the instance, not passed to a constructor of our own.
+    image = ImageUpload(label=label, type="filepath", sources=["upload", "clipboard", "webcam"],
+                        height=260)
+    image.max_bytes = settings.max_bytes
+    return image
 
 
 def examples(ctx: AppContext, image: gr.Image) -> gr.Examples | None:
@@ -268,6 +270,10 @@ CSS = """
 .figures figure { margin: 0; flex: 1 1 320px; max-width: 750px; min-width: 0; }
 .figures img { display: block; width: 100%; height: auto; object-fit: contain; }
 .figures figcaption { font-size: 0.9em; color: var(--body-text-color-subdued); }
-/* compact tab buttons, so that all four fit in a phone's width without the overflow menu */
+/* compact tab buttons, so that all five fit in a phone's width without the overflow menu */
 .tab-wrapper .tab-container button { padding-left: 8px !important; padding-right: 8px !important; }
+@media (max-width: 480px) {
+  .tab-wrapper .tab-container button { padding-left: 3px !important; padding-right: 3px !important;
+                                       font-size: 0.82em !important; }
+}
 """
