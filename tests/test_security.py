@@ -294,3 +294,15 @@ def test_resume_state_folders_are_per_instance_and_foreign_files_stay(tmp_path, 
     assert mine.wait(timeout=60).status == DONE
     assert foreign.read_bytes() == b"not ours"
     assert [p.name for p in shared.iterdir()] == [foreign.name]
+
+
+def test_api_rough_edges_are_smoothed(app, client):
+    """Optional parameters are optional; a nameless upload is the client's mistake (400)."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    rollout = {p["parameter_name"]: p for p in endpoints["/rollout"]["parameters"]}
+    assert rollout["head"]["parameter_has_default"] and rollout["head"]["parameter_default"] is None
+    assert [name for name, p in rollout.items() if not p["parameter_has_default"]] == ["image"]
+    url, _ = app
+    with httpx.Client(timeout=60) as http:
+        response = http.post(f"{url}gradio_api/upload", files={"files": ("", b"\x89PNG....")})
+        assert response.status_code == 400 and "file name" in response.text

@@ -9,6 +9,8 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from ..examples import build_gallery
 from ..finetune.store import FinetuneStore
@@ -84,11 +86,20 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
     return demo
 
 
+async def _refuse_nameless_uploads(request: Request, exc: TypeError) -> JSONResponse:
+    """Gradio's upload route fails with a TypeError on a file part without a file name (a
+    500); answer it as the client's mistake. Any other TypeError stays a server error."""
+    if not request.url.path.endswith("/upload"):
+        raise exc
+    return JSONResponse({"detail": "every uploaded file needs a file name"}, status_code=400)
+
+
 def launch_kwargs(ctx: AppContext) -> dict:
     """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
     (``allowed_paths``: their folder), never the shipped weights folder."""
     return {"max_file_size": ctx.settings.max_bytes, "css": CSS,
-            "allowed_paths": [str(ctx.store.folder.resolve())]}
+            "allowed_paths": [str(ctx.store.folder.resolve())],
+            "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads}}}
 
 
 def serve_locally(demo: gr.Blocks, ctx: AppContext) -> str:

@@ -38,6 +38,8 @@ VIEW_CHOICES = [("On the photo", PHOTO), ("As the model saw it (its input, enlar
 METHOD_NAMES = {"grad": "gradient-weighted rollout", "rollout": "attention rollout",
                 "raw": "raw attention"}
 LEFT_ID, RIGHT_ID = "attention-left", "attention-right"  # elem_ids of the two overlays
+DEFAULT_COLORMAP = "jet"
+DEFAULT_OPACITY = 0.5  # of the heat map over the image
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,9 @@ def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, targe
 
 def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_fusion: str,
             discard_ratio: float, start_layer: float | int, target_class: str, layer: float | int,
-            head: float | int | None, colormap: str, opacity: float, grid: bool,
-            view: str = PHOTO, faithfulness_all: bool = False) -> tuple:
+            head: float | int | None = None, colormap: str = DEFAULT_COLORMAP,
+            opacity: float = DEFAULT_OPACITY, grid: bool = False, view: str = PHOTO,
+            faithfulness_all: bool = False) -> tuple:
     """(left overlay, right overlay, left top-k, right top-k, values per model, notes,
     left faithfulness, right faithfulness).
 
@@ -266,8 +269,10 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
             head = gr.Number(None, precision=0, label="Head (empty = all heads, fused)", visible=False)
             view = gr.Radio(VIEW_CHOICES, value=PHOTO, label="Show the map")
             with gr.Row():
-                colormap = gr.Dropdown(list(COLORMAPS), value="jet", label="Colormap", min_width=120)
-                opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity", min_width=120)
+                colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap",
+                                       min_width=120)
+                opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Opacity",
+                                    min_width=120)
             grid = gr.Checkbox(False, label="Show the patch grid")
             faithfulness_all = gr.Checkbox(
                 False, visible=choice.value in (BOTH, VITB16),
