@@ -313,7 +313,7 @@ def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
     from vit_demo.ui.attention import rollout as raw_rollout
     from vit_demo.ui.common import user_errors
 
-    rollout = user_errors(raw_rollout)
+    rollout = user_errors()(raw_rollout)
     _, ctx = app
     path = _save_png(tmp_path, cifar_test.x[15].numpy())
     with pytest.raises(ValueError, match="Discard ratio must be at least 0 and below 1"):

@@ -359,8 +359,9 @@ def measured_app(tmp_path_factory, cifar_test) -> Iterator[str]:
     store_metrics(weights, load_card(weights, SCRATCH_CHECKPOINT),
                   model_metrics(model, cifar_test.subset(torch.arange(200)), CIFAR10_DATA_CONFIG,
                                 len(CLASSES), latency_runs=2))
-    demo = build_demo(create_context(weights, None, allow_hub=False))
-    yield serve_locally(demo)
+    ctx = create_context(weights, None, allow_hub=False)
+    demo = build_demo(ctx)
+    yield serve_locally(demo, ctx)
     demo.close()
 
 

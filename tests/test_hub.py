@@ -153,3 +153,41 @@ def test_offline_without_the_files_says_how_to_get_them(layout, cache):
                               "HF_HUB_OFFLINE=1: run once with network access")
     assert f"hf download {VITB16_HUB_REPO} config.json pytorch_model.bin" in message
     assert str(cache) not in message and "\n" not in message  # no server path reaches a visitor
+
+
+def test_the_app_serves_vitb16_from_a_cache_timm_cannot_build(cache, vitb16, tiny_weights,
+                                                                tmp_path, cifar_test):
+    """Through the app: config.json names an architecture only another package registers;
+    the registry still ends with ViT-B/16 ready, answering /classify and /rollout with the
+    reference model's prediction."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from vit_demo.data import CLASSES
+    from vit_demo.inference import preprocess
+    from vit_demo.registry import VITB16
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    blobs, _, _ = vitb16
+    hub_cache(cache, VITB16_HUB_REPO, {"architecture": "vit_base_patch16_224_in21k_ft_cifar10",
+                                       "num_classes": 10}, {"pytorch_model.bin": blobs / "pytorch_model.bin"})
+    ctx = create_context(tiny_weights, allow_hub=True, finetune_dir=tmp_path / "ft")
+    loaded = ctx.registry.get(VITB16)
+    assert ctx.registry.status(VITB16).state == "ready"
+    png = tmp_path / "img.png"
+    Image.fromarray(cifar_test.x[0].numpy()).save(png)
+    reference_model, _ = load_hub_vit(NAME)
+    with torch.inference_mode():
+        expected = CLASSES[reference_model(preprocess(Image.open(png).convert("RGB"),
+                                                      loaded.data_cfg)).argmax(-1).item()]
+    demo = build_demo(ctx)
+    client = Client(serve_locally(demo, ctx), verbose=False)
+    try:
+        _, right, _ = client.predict(handle_file(str(png)), "both", api_name="/classify")
+        assert right["label"] == expected
+        outputs = client.predict(handle_file(str(png)), "vit-b16", method="rollout",
+                                 api_name="/rollout")
+        assert outputs[0] is not None and outputs[4][VITB16]["grid_size"] == [14, 14]
+    finally:
+        client.close()
+        demo.close()
