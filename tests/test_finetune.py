@@ -390,3 +390,17 @@ def test_vit_b16_base_offline_fails_clearly(ft_app, ft_client):
     state = _state(ft_client.predict(api_name="/finetune_status"))
     assert state["status"] == "failed" and "pretrained weights" in state["error"]
     assert not list(ft_app[2].store.folder.glob("vit-b16-offline*"))
+
+
+def test_the_tab_says_before_start_what_data_is_missing(tmp_path, data_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    from vit_demo.ui.finetune import readiness
+
+    assert readiness(SimpleNamespace(data_dir=data_dir)) == ""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no torchvision archive either
+    text = readiness(SimpleNamespace(data_dir=str(tmp_path / "empty")))
+    lines = text.splitlines()
+    assert len(lines) == 2 and "CIFAR-10 (train) is not available" in lines[0]
+    assert "CIFAR-10 (test) is not available" in lines[1] and "VIT_DEMO_DATA_DIR" in text
+    assert str(tmp_path) not in text

@@ -34,7 +34,6 @@ BOTH = "both"  # the pages' choice "scratch and ViT-B/16 side by side"
 RESERVED_KEYS = (SCRATCH, VITB16, BOTH)  # never a fine-tuned model's key
 SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
 VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
-VITB16_TIMM_NAME = "vit_base_patch16_224"
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
 
@@ -83,7 +82,7 @@ class ModelStatus:
 
 def hub_name() -> str:
     name = os.environ.get(VITB16_HUB_ENV, DEFAULT_VITB16_HUB)
-    return name if name.startswith("hf-hub:") else f"hf-hub:{name}"
+    return name if name.startswith(HUB_PREFIX) else f"{HUB_PREFIX}{name}"
 
 
 def build_timm(card: dict) -> nn.Module:

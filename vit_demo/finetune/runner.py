@@ -31,7 +31,7 @@ from ..settings import Settings
 from .job import JobError, base_timm_name, prepare, run_train_job
 from .policy import device_warning, estimate_s, training_device
 from .request import FinetuneRequest, InvalidRequest
-from .store import FinetuneStore
+from .store import FinetuneStore, keep_newest
 from .zerogpu import gpu_seconds, on_zero_gpu
 
 MAX_LOG_LINES = 200
@@ -268,7 +268,7 @@ class JobRunner:
             self._save_card(request, name, saved, test)
         except Exception as exc:
             self.store.tensors_path(name).unlink(missing_ok=True)
-            message = str(exc) if isinstance(exc, (JobError, ValueError)) else f"{type(exc).__name__}: {exc}"
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             self._end(FAILED, "failed: " + message, error=message)
         finally:
             over_budget.cancel()
@@ -288,12 +288,8 @@ class JobRunner:
         """Keep ``path`` for a resume; beyond the cap, delete the oldest resume state we wrote."""
         if not path.exists():
             return
-        if path in self._states_written:
-            self._states_written.remove(path)
-        self._states_written.append(path)
-        for old in self._states_written[:-self.settings.keep_finetuned]:
+        for old in keep_newest(self._states_written, path, self.settings.keep_finetuned):
             old.unlink(missing_ok=True)
-        del self._states_written[:-self.settings.keep_finetuned]
 
     def _last_resume_step(self, request: FinetuneRequest) -> int:
         every = request.train_config().checkpoint_every
@@ -302,7 +298,7 @@ class JobRunner:
     def _run(self, job, state_path: Path, name: str, cancel: threading.Event
              ) -> tuple[dict | None, dict | None]:
         """Iterate the job body: (what was saved, the test metrics); (None, None) when stopped
-        before the weights were saved, (saved, None or partial metrics) when stopped after."""
+        before the weights were saved, (saved, None) when stopped after."""
         gpu_s = gpu_seconds(estimate_s(job.request, "cuda", setup=False), self.settings.zerogpu_max_s)
         events = run_train_job(job, str(state_path), str(self.store.tensors_path(name)),
                                None if on_zero_gpu() else cancel, gpu_s=gpu_s)

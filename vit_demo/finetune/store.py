@@ -16,6 +16,17 @@ from pathlib import Path
 from ..checkpoint import list_models, model_path
 
 
+def keep_newest(written: list, item, keep: int) -> list:
+    """Append ``item`` to ``written`` (oldest first; an earlier entry of it moves to the end),
+    keep the newest ``keep`` and return the ones dropped, for the caller to delete."""
+    if item in written:
+        written.remove(item)
+    written.append(item)
+    dropped = written[:-keep]
+    del written[:-keep]
+    return dropped
+
+
 class FinetuneStore:
     def __init__(self, folder: Path, keep: int):
         assert keep >= 1, keep
@@ -38,8 +49,7 @@ class FinetuneStore:
     def added(self, name: str) -> list[str]:
         """Record checkpoint ``name`` as written; delete the oldest beyond the cap; their names."""
         with self._lock:
-            self._written.append(name)
-            evicted, self._written = self._written[:-self.keep], self._written[-self.keep:]
+            evicted = keep_newest(self._written, name, self.keep)
         for old in evicted:
             self.delete(old)
         return evicted

@@ -15,6 +15,7 @@ from gradio.data_classes import ImageData
 
 from ..examples import Gallery
 from ..finetune.store import FinetuneStore
+from ..hub import HUB_PREFIX
 from ..inference import MAX_FILE_BYTES, BadImage, open_image
 from ..settings import Settings
 from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
@@ -189,7 +190,7 @@ def short_reason(status: ModelStatus) -> str:
         return "loading now"
     if status.state == NOT_LOADED:
         return "loads on first use"
-    if status.source.startswith("hf-hub:"):
+    if status.source.startswith(HUB_PREFIX):
         return "weights not on this server"
     if "hub downloads are switched off" in status.reason:
         return "hub downloads switched off"
@@ -199,7 +200,7 @@ def short_reason(status: ModelStatus) -> str:
 def how_to_get(status: ModelStatus, weights_dir: Path | None = None) -> str:
     """The reason a model is unavailable, for a person: no exception class or message, and
     no path of this machine (``weights_dir`` reads "the weights folder")."""
-    if status.source.startswith("hf-hub:") or "hub" in status.reason:
+    if status.source.startswith(HUB_PREFIX) or "hub" in status.reason:
         return ("Its weights are not on this server and cannot be downloaded from the Hugging Face "
                 "hub now. To use it: run "
                 "the app once with network access (the download is cached), or put "

@@ -21,7 +21,6 @@ import pandas as pd
 
 from ..data import data_problem
 from ..finetune.job import base_timm_name
-from ..finetune.policy import estimate_s
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
 from ..registry import SCRATCH, VITB16, ModelKind
@@ -165,12 +164,10 @@ def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
                     if k != VITB16 and ctx.registry.kind(k) is ModelKind.SCRATCH]
 
 
-def readiness(ctx: AppContext, device: str) -> str:
-    """What stops a job before it starts, and what to do; empty when nothing does."""
+def readiness(ctx: AppContext) -> str:
+    """What stops a job before it starts, and what to do; empty when nothing does. (Running on
+    the CPU does not stop one: the job state's warning says so.)"""
     problems = [p for p in (data_problem("train", ctx.data_dir), data_problem("test", ctx.data_dir)) if p]
-    if device != "cuda":
-        problems.append("no GPU: jobs run on the CPU, so keep them small (the defaults take "
-                        f"about {estimate_s(default_request(SCRATCH, device), device):.0f} s)")
     return "\n".join(f"- {p}" for p in problems)
 
 
@@ -184,7 +181,7 @@ def build_tab(ctx: AppContext) -> JobRunner:
         "it while it runs, and only yours can stop it. At the end the model is tested on "
         "held-out CIFAR-10 test images and selectable in the other tabs at once, under its "
         f"name plus a suffix; this server keeps the {ctx.settings.keep_finetuned} newest.")
-    missing = readiness(ctx, runner.device)
+    missing = readiness(ctx)
     if missing:
         gr.Markdown("**Before you start:**\n" + missing)
     number = partial(gr.Number, precision=None, min_width=100)
