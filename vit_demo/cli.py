@@ -33,6 +33,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--crop", default=TrainConfig.crop, choices=("pad", "resized"))
+    p.add_argument("--crop-scale", type=float, default=TrainConfig.crop_scale)
     p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-images", type=int, default=None,
                    help="validate on only the first N validation images (0: no validation)")
@@ -71,7 +73,8 @@ def cmd_train(args) -> dict:
     model_cfg = PRESETS[args.preset]
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                      seed=args.seed, checkpoint_every=args.checkpoint_every, compile=args.compile)
+                      seed=args.seed, crop=args.crop, crop_scale=args.crop_scale,
+                      checkpoint_every=args.checkpoint_every, compile=args.compile)
     train, val = train_val_split(load_cifar10("train", args.data_dir))
     if args.train_images:
         train = train.subset(torch.arange(min(args.train_images, len(train))))

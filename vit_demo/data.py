@@ -7,6 +7,7 @@ CIFAR-10 archive in that directory or in the download cache, downloading it when
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,52 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) 
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     b = torch.arange(B, device=x.device)[:, None, None]
     return padded[b, rows[:, :, None], cols[:, None, :]].to(x.dtype)  # (B, H, W, C)
+
+
+def resized_crop_flip_draws(batch: int, generator: torch.Generator,
+                            scale: tuple[float, float] = (0.35, 1.0),
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers ``random_resized_crop_flip`` uses, drawn in its order from ``generator``.
+
+    Crop width and height as fractions of the image's (B,) each, in (0, 1]: area fraction
+    uniform in ``scale``, aspect ratio log-uniform in ``ratio``, each side clipped to the
+    image; the crop's left and top edges as fractions (B,) each, uniform over the positions
+    that keep the crop inside; horizontal-flip flags (B,) bool. All on the CPU.
+    """
+    area = torch.empty(batch).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    left = torch.rand(batch, generator=generator) * (1 - w)
+    top = torch.rand(batch, generator=generator) * (1 - h)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    return w, h, left, top, flip
+
+
+def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
+                             scale: tuple[float, float] = (0.35, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """A random crop of each image scaled back to the image's size (bilinear), and a random
+    horizontal flip, for a whole batch in one ``grid_sample``: teaches the model objects that
+    are off-centre, partly cut off or larger than CIFAR frames them, as in photos.
+
+    x: uint8 or float (B, H, W, C) on any device; the crops are ``resized_crop_flip_draws``
+    from ``generator`` (on the CPU), so the result depends on the generator alone.
+    """
+    B = len(x)
+    w, h, left, top, flip = (t.to(x.device) for t in resized_crop_flip_draws(B, generator, scale, ratio))
+    # Output pixel u in [-1, 1] (align_corners=False) reads input (2*left + w*(u + 1)) - 1.
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0] = torch.where(flip, -w, w)
+    theta[:, 0, 2] = 2 * left + w - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * top + h - 1
+    images = x.permute(0, 3, 1, 2).float()  # (B, C, H, W)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.permute(0, 2, 3, 1)  # (B, H, W, C)
+    return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_tensors, save_tensors
-from .data import DataConfig, Split, preprocess_batch, random_crop_flip
+from .data import DataConfig, Split, preprocess_batch, random_crop_flip, random_resized_crop_flip
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class TrainConfig:
     warmup_epochs: float = 2.0  # linear warm-up from 0
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
-    augment: bool = True  # random crop (reflect pad 4) + horizontal flip, per batch
+    augment: bool = True  # a random crop and a horizontal flip, per batch
+    crop: str = "pad"  # "pad": reflect-pad 4 px, crop 32 px; "resized": random-resized crop
+    crop_scale: float = 0.35  # smallest area fraction a "resized" crop keeps
     seed: int = 0
     eval_every: int = 1  # validate every this many epochs (and at the end)
     checkpoint_every: int = 200  # steps between resume-state writes
@@ -171,6 +173,7 @@ class Trainer:
                                            lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(train) // cfg.batch_size
         assert self.steps_per_epoch > 0, "fewer training images than one batch"
+        assert cfg.crop in ("pad", "resized"), f"unknown crop {cfg.crop!r}"
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.end_step = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.warmup_steps = max(1, round(cfg.warmup_epochs * self.steps_per_epoch))
@@ -228,7 +231,9 @@ class Trainer:
         idx = order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
         x = self.train.x[idx].to(self.device, non_blocking=True)
         if self.cfg.augment:
-            x = random_crop_flip(x, torch.Generator().manual_seed(_step_seed(self.cfg.seed, step)))
+            generator = torch.Generator().manual_seed(_step_seed(self.cfg.seed, step))
+            x = (random_resized_crop_flip(x, generator, (self.cfg.crop_scale, 1.0))
+                 if self.cfg.crop == "resized" else random_crop_flip(x, generator))
         x, y = x[self.rank::self.world], self.train.y[idx][self.rank::self.world].to(self.device)
         return preprocess_batch(x, self.data_cfg), y
 
