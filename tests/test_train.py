@@ -23,8 +23,9 @@ from PIL import Image
 from vit_demo.checkpoint import (CheckpointError, load_card, load_model_tensors, load_tensors,
                                  rewrite_card, save_model)
 from vit_demo.cli import main
-from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, preprocess_batch,
-                           random_crop_flip, train_val_split)
+from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, mix_batch,
+                           preprocess_batch, random_crop_flip, random_resized_crop_flip,
+                           resized_crop_flip_draws, train_val_split)
 from vit_demo.model import PRESETS, ViT, ViTConfig
 from vit_demo.registry import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
@@ -194,17 +195,120 @@ def test_random_crop_flip_matches_a_per_image_reference(cifar_train: Split, pad:
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
-def test_trainer_splits_the_global_batch_by_rank(cifar_train: Split):
-    cfg = TrainConfig(epochs=1, batch_size=32)
+@pytest.mark.parametrize("mix", [{}, {"mixup": 0.8, "cutmix": 1.0}])
+def test_trainer_splits_the_global_batch_by_rank(cifar_train: Split, mix: dict):
+    cfg = TrainConfig(epochs=1, batch_size=32, crop="resized", **mix)
     trainer = Trainer(tiny_model(), CIFAR10_DATA_CONFIG, cifar_train.subset(torch.arange(128)), cfg)
-    x, y = trainer._batch(5)
+    whole = trainer._batch(5)
     shares = []
     for rank in range(2):
         trainer.rank, trainer.world = rank, 2
         shares.append(trainer._batch(5))
     assert [len(s[1]) for s in shares] == [16, 16]
-    assert torch.equal(torch.stack([shares[0][0], shares[1][0]], 1).flatten(0, 1), x)
-    assert torch.equal(torch.stack([shares[0][1], shares[1][1]], 1).flatten(0, 1), y)
+    for i in range(3 if mix else 2):  # images, labels, partner labels
+        assert torch.equal(torch.stack([shares[0][i], shares[1][i]], 1).flatten(0, 1), whole[i])
+    assert shares[0][3] == shares[1][3] == whole[3]  # one mixing weight for the global batch
+    assert (whole[2] is None) == (not mix)
+
+
+def bilinear_reference(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """image (H, W, C) sampled at the pixel coordinates ys (rows) x xs (columns), each clamped
+    to the image, by bilinear interpolation written out."""
+    H, W, _ = image.shape
+    ys, xs = np.clip(ys, 0, H - 1), np.clip(xs, 0, W - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, H - 1), np.minimum(x0 + 1, W - 1)
+    wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    img = image.astype(np.float64)
+    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
+    bottom = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+@pytest.mark.parametrize("scale, ratio", [((1.0, 1.0), (1.0, 1.0)), ((0.25, 0.25), (1.0, 1.0)),
+                                          ((0.35, 1.0), (3 / 4, 4 / 3))])
+def test_random_resized_crop_flip_matches_a_per_image_reference(cifar_train: Split, scale, ratio):
+    """Output pixel i of a crop that starts at ``left`` and spans ``w`` (fractions of the
+    image) samples the input at pixel coordinate ``left * W + (i + 0.5) * w - 0.5``."""
+    x = cifar_train.x[:64]
+    w, h, left, top, flip = resized_crop_flip_draws(len(x), torch.Generator().manual_seed(3), scale,
+                                                    ratio)
+    assert torch.all((w > 0) & (w <= 1) & (h > 0) & (h <= 1))
+    assert torch.all((left >= 0) & (left + w <= 1 + 1e-6) & (top >= 0) & (top + h <= 1 + 1e-6))
+    assert torch.allclose((w * h).clamp(max=scale[1]), w * h) and 0 < int(flip.sum()) < len(x)
+    got = random_resized_crop_flip(x, torch.Generator().manual_seed(3), scale, ratio)
+    assert got.dtype == torch.uint8 and got.shape == x.shape
+    i = np.arange(32) + 0.5
+    for k in range(len(x)):
+        ys = top[k].item() * 32 + i * h[k].item() - 0.5
+        xs = left[k].item() * 32 + i * w[k].item() - 0.5
+        expected = bilinear_reference(x[k].numpy(), ys, xs)
+        expected = expected[:, ::-1] if flip[k] else expected
+        np.testing.assert_allclose(got[k].numpy(), np.round(expected), atol=1)
+    if scale == ratio == (1.0, 1.0):  # the whole image: unchanged, or mirrored
+        whole = torch.where(flip[:, None, None, None], x.flip(2), x)
+        assert torch.equal(got, whole)
+
+
+def test_mixup_blends_pairs_with_a_beta_weight():
+    x = torch.randn(16, 3, 8, 8)
+    lams = []
+    for seed in range(400):
+        mixed, mix = mix_batch(x, torch.Generator().manual_seed(seed), mixup=0.8)
+        assert sorted(mix.perm.tolist()) == list(range(16))
+        torch.testing.assert_close(mixed, mix.lam * x + (1 - mix.lam) * x[mix.perm])
+        lams.append(mix.lam)
+    lams = np.array(lams)  # Beta(0.8, 0.8): mean 1/2, variance 1 / (4 (2 * 0.8 + 1))
+    assert abs(lams.mean() - 0.5) < 0.05
+    assert abs(lams.var() - 1 / (4 * 2.6)) < 0.015
+
+
+def test_cutmix_pastes_one_box_and_weighs_labels_by_its_area():
+    x = torch.arange(16.0)[:, None, None, None].expand(16, 3, 32, 32).clone()  # image i is all i
+    sizes = set()
+    for seed in range(50):
+        mixed, mix = mix_batch(x, torch.Generator().manual_seed(seed), cutmix=1.0)
+        own = (mixed == x).all(dim=1)  # (B, H, W): pixels still from the image itself
+        pasted = (mixed == x[mix.perm]).all(dim=1)
+        moved = mix.perm != torch.arange(16)
+        assert torch.all(own | pasted)
+        rows, cols = torch.nonzero(~own[moved][0], as_tuple=True) if moved.any() else ([], [])
+        if len(rows):  # one rectangle
+            assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        box = int((~own[moved][0]).sum()) if moved.any() else 0
+        assert mix.lam == pytest.approx(1 - box / (32 * 32))
+        sizes.add(box)
+    assert len(sizes) > 10
+
+
+def test_mixup_or_cutmix_per_batch_when_both_are_on():
+    x = torch.arange(16.0)[:, None, None, None].expand(16, 3, 32, 32).clone()
+    kinds = set()
+    for seed in range(40):
+        mixed, mix = mix_batch(x, torch.Generator().manual_seed(seed), mixup=0.8, cutmix=1.0)
+        blended = torch.allclose(mixed, mix.lam * x + (1 - mix.lam) * x[mix.perm])
+        kinds.add("mixup" if blended and not torch.equal(mixed, x) else "cutmix")
+    assert kinds == {"mixup", "cutmix"}
+
+
+def test_mixed_batches_train_on_the_mixed_label_loss(cifar_train: Split):
+    """One step with cutmix: the trainer's loss is lam * CE(own) + (1 - lam) * CE(partner)."""
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, warmup_epochs=0, cutmix=1.0,
+                      label_smoothing=0.1)
+    model = tiny_model()
+    trainer = Trainer(model, CIFAR10_DATA_CONFIG, cifar_train.subset(torch.arange(64)), cfg)
+    x, y, partner, lam = trainer._batch(0)
+    with torch.no_grad():
+        logits = model(x)
+    logp = logits.log_softmax(-1)
+    def smoothed_ce(labels):
+        return (-(0.9 * logp.gather(1, labels[:, None]).squeeze(1) + 0.1 * logp.mean(-1))).mean()
+    expected = lam * smoothed_ce(y) + (1 - lam) * smoothed_ce(partner)
+    losses = []
+    trainer.callback = lambda p: losses.append(p.loss)
+    trainer.end_step = 1
+    trainer.run()
+    assert losses[0] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_dir: str,

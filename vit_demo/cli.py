@@ -35,6 +35,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--crop", default=TrainConfig.crop, choices=("pad", "resized"))
     p.add_argument("--crop-scale", type=float, default=TrainConfig.crop_scale)
+    p.add_argument("--mixup", type=float, default=TrainConfig.mixup)
+    p.add_argument("--cutmix", type=float, default=TrainConfig.cutmix)
     p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-images", type=int, default=None,
                    help="validate on only the first N validation images (0: no validation)")
@@ -74,6 +76,7 @@ def cmd_train(args) -> dict:
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       seed=args.seed, crop=args.crop, crop_scale=args.crop_scale,
+                      mixup=args.mixup, cutmix=args.cutmix,
                       checkpoint_every=args.checkpoint_every, compile=args.compile)
     train, val = train_val_split(load_cifar10("train", args.data_dir))
     if args.train_images:

@@ -189,6 +189,41 @@ def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
 
 
 @dataclass(frozen=True)
+class Mix:
+    """How a batch was mixed: image i is ``lam`` of image i and ``1 - lam`` of image ``perm[i]``
+    (blended by mixup, or a pasted box by cutmix), so its target is the same mixture of labels."""
+    perm: torch.Tensor  # (B,) partner of each image
+    lam: float  # weight of the image's own label
+
+
+def mix_batch(x: torch.Tensor, generator: torch.Generator, mixup: float = 0.0,
+              cutmix: float = 0.0) -> tuple[torch.Tensor, Mix]:
+    """Mixup (alpha ``mixup``) or cutmix (alpha ``cutmix``) of a whole float (B, C, H, W) batch
+    with a permutation of itself; with both on, each batch draws one of them at even odds.
+
+    lam ~ Beta(alpha, alpha); cutmix pastes a box of area (1 - lam) * H * W centred uniformly
+    (clipped at the borders) and returns lam corrected to the box actually pasted. The random
+    numbers come from ``generator`` (on the CPU).
+    """
+    assert mixup > 0 or cutmix > 0, "mix_batch needs mixup or cutmix"
+    B, _, H, W = x.shape
+    perm = torch.randperm(B, generator=generator).to(x.device)
+    use_cutmix = cutmix > 0 and (mixup == 0 or bool(torch.rand(1, generator=generator) < 0.5))
+    alpha = cutmix if use_cutmix else mixup
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    if not use_cutmix:
+        return lam * x + (1 - lam) * x[perm], Mix(perm, lam)
+    cy, cx = (int(v) for v in torch.rand(2, generator=generator) * torch.tensor([H, W]))
+    half_h, half_w = round(H * math.sqrt(1 - lam) / 2), round(W * math.sqrt(1 - lam) / 2)
+    top, bottom = max(cy - half_h, 0), min(cy + half_h, H)
+    left, right = max(cx - half_w, 0), min(cx + half_w, W)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    return mixed, Mix(perm, 1 - (bottom - top) * (right - left) / (H * W))
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """How a model wants its input, in the shape of timm's data config."""
     input_size: tuple[int, int, int]  # (C, H, W)

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_tensors, save_tensors
-from .data import DataConfig, Split, preprocess_batch, random_crop_flip, random_resized_crop_flip
+from .data import (DataConfig, Split, mix_batch, preprocess_batch, random_crop_flip,
+                   random_resized_crop_flip)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class TrainConfig:
     augment: bool = True  # a random crop and a horizontal flip, per batch
     crop: str = "pad"  # "pad": reflect-pad 4 px, crop 32 px; "resized": random-resized crop
     crop_scale: float = 0.35  # smallest area fraction a "resized" crop keeps
+    mixup: float = 0.0  # Beta(alpha, alpha) blend of image pairs and their labels; 0: off
+    cutmix: float = 0.0  # Beta(alpha, alpha) box pasted from another image; 0: off
     seed: int = 0
     eval_every: int = 1  # validate every this many epochs (and at the end)
     checkpoint_every: int = 200  # steps between resume-state writes
@@ -223,19 +226,24 @@ class Trainer:
         self.step, self.history = meta["step"], meta["history"]
 
     # -- data ---------------------------------------------------------------------------
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of the global batch of ``step``."""
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
+        """This rank's share of the global batch of ``step``: images, labels, and with mixup or
+        cutmix on, the partner labels and the weight of the own label."""
         epoch, i = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.train),
                                generator=torch.Generator().manual_seed(_step_seed(self.cfg.seed, -1 - epoch)))
         idx = order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
         x = self.train.x[idx].to(self.device, non_blocking=True)
+        generator = torch.Generator().manual_seed(_step_seed(self.cfg.seed, step))  # all draws of the batch
         if self.cfg.augment:
-            generator = torch.Generator().manual_seed(_step_seed(self.cfg.seed, step))
             x = (random_resized_crop_flip(x, generator, (self.cfg.crop_scale, 1.0))
                  if self.cfg.crop == "resized" else random_crop_flip(x, generator))
-        x, y = x[self.rank::self.world], self.train.y[idx][self.rank::self.world].to(self.device)
-        return preprocess_batch(x, self.data_cfg), y
+        x, y = preprocess_batch(x, self.data_cfg), self.train.y[idx].to(self.device)
+        partner, lam = None, 1.0
+        if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
+            x, mix = mix_batch(x, generator, self.cfg.mixup, self.cfg.cutmix)
+            partner, lam = y[mix.perm][self.rank::self.world], mix.lam
+        return x[self.rank::self.world], y[self.rank::self.world], partner, lam
 
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -254,10 +262,13 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(_step_seed(cfg.seed, self.step) + self.rank)  # dropout, drop path
-            x, y = self._batch(self.step)
+            x, y, partner, lam = self._batch(self.step)
             with _autocast(self.device):
-                logits = self.net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                logits = self.net(x).float()
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if partner is not None:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(
+                        logits, partner, label_smoothing=cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
