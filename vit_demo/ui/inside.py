@@ -227,7 +227,7 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Accordion("The numbers behind the figures", open=False):
         values = gr.JSON(label="Values")
 
-    def inside_figures(model: str, image: str | None):
+    def inside_figures(model: str, image: str | None = None):
         """The ViT paper's Figure 7 for a model: its patch-embedding filters, the similarity of its position embeddings, and the mean attention distance per head and layer (for an image if given).
 
         Args:
