@@ -300,8 +300,9 @@ def build_tab(ctx: AppContext):
     @user_errors()
     def attention_rollout(image: str | None, model: str, method: str, head_fusion: str,
                           discard_ratio: float, start_layer: float, target_class: str,
-                          layer: float, head: float | None, colormap: str, opacity: float,
-                          grid: bool, view: str, score_vitb16: bool):
+                          layer: float, head: float | None = None,
+                          colormap: str = DEFAULT_COLORMAP, opacity: float = DEFAULT_OPACITY,
+                          grid: bool = False, view: str = PHOTO, score_vitb16: bool = False):
         """Show where a Vision Transformer looks in an image: an attention map over its patches, with the prediction and how faithful the map is (deletion and insertion scores).
 
         Args:
