@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -373,10 +372,9 @@ def test_invalid_fields_are_refused_with_clear_messages(ft_app, ft_client):
 
 
 def test_optional_parameters_take_the_form_defaults(ft_app, ft_client):
-    # /finetune is "undocumented" (callable, but no MCP tool): view_api leaves it out
-    with urllib.request.urlopen(f"{ft_app[0]}gradio_api/info?all_endpoints=true") as response:
-        endpoints = json.load(response)["named_endpoints"]
-    params = {p["parameter_name"]: p for p in endpoints["/finetune"]["parameters"]}
+    params = {p["parameter_name"]: p for p in
+              ft_client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/finetune"]["parameters"]}
     assert list(params) == list(FIELDS)
     assert all(p["parameter_has_default"] for p in params.values())
 

@@ -1,5 +1,6 @@
 """The app is an MCP server: agents get /classify, /rollout and the other read-only endpoints as
-tools, with the parameters the API has; the fine-tune job and the latency benchmark are not tools."""
+tools, with the parameters the API has; the fine-tune job's stop and status and the latency
+benchmark are not tools."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import urllib.request
 
 TOOLS = {"classify_image": "classify", "attention_rollout": "rollout", "compare_models": "compare",
-         "inside_figures": "inside", "status": "status"}
+         "inside_figures": "inside", "status": "status", "finetune": "finetune"}
 
 
 def mcp_schema(url: str) -> dict[str, dict]:

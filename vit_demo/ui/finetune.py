@@ -117,12 +117,11 @@ class Handlers:
     runner: JobRunner
     gallery: ExampleGallery  # whether CIFAR-10 is still downloading
 
-    async def start(self, base: str, train_images: float, epochs: float, steps: float,
+    async def finetune(self, base: str, train_images: float, epochs: float, steps: float,
                     batch_size: float, lr: float, freeze_backbone: bool, seed: float, name: str,
                     val_images: float, test_images: float, request: gr.Request
                     ) -> AsyncIterator[Outputs]:
-        """Start a job and stream its state until it ends. ``name`` labels the new model; its
-        key is the label plus a suffix the server chooses."""
+        """Fine-tune a model on CIFAR-10 on this server (one job at a time for everyone) and stream its state until it ends. ``name`` labels the new model; its key is the label plus a suffix the server chooses."""
         if self.gallery.state == DOWNLOADING:
             raise gr.Error(DOWNLOADING_NOTE)
         with user_errors():
@@ -235,15 +234,18 @@ def build_tab(ctx: AppContext) -> JobRunner:
               test_images]
     outputs = [progress, loss_plot, acc_plot, log, files, state_json]
     handlers = Handlers(runner, ctx.gallery)
-    # Callable by API clients, but no MCP tools: a job is long, owned by a browser session, and
-    # one at a time for the whole server. ("undocumented" also leaves them out of view_api.)
-    job_api = {"api_visibility": "undocumented", "concurrency_limit": None, "show_progress": "hidden"}
-    started = start_btn.click(handlers.start, inputs=inputs, outputs=outputs, api_name="finetune",
-                              **job_api)
+    # /finetune stays public (an MCP tool too): gradio_client takes keyword arguments and
+    # defaults only for documented endpoints. Stop and status take none: callable by API
+    # clients, but "undocumented", so no MCP tools (nor in view_api).
+    job_api = {"concurrency_limit": None, "show_progress": "hidden"}
+    started = start_btn.click(handlers.finetune, inputs=inputs, outputs=outputs,
+                              api_name="finetune", **job_api)
     started.failure(handlers.follow, outputs=outputs,
                     api_visibility="private", concurrency_limit=None, show_progress="hidden")
-    stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop", **job_api)
-    refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status", **job_api)
+    stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop",
+                   api_visibility="undocumented", **job_api)
+    refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status",
+                      api_visibility="undocumented", **job_api)
     gr.on(triggers=None, fn=handlers.follow, outputs=outputs,
           api_visibility="private", concurrency_limit=None, show_progress="hidden")
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
