@@ -172,7 +172,7 @@ def test_binaries_are_marked_for_lfs(path):
 def test_readme_front_matter_configures_a_zerogpu_space():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     front = yaml.safe_load(text.split("---\n")[1])
-    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (REPO / "requirements.txt").read_text(), re.M))
+    pins = dict(re.findall(r"^([\w-]+)(?:\[[\w,-]+\])?==(\S+)$", (REPO / "requirements.txt").read_text(), re.M))
     assert front["sdk"] == "gradio" and front["sdk_version"] == pins["gradio"]
     assert front["python_version"] in ZEROGPU_PYTHON and pins["torch"] in ZEROGPU_TORCH
     assert front["app_file"] in deploy.space_files(REPO)

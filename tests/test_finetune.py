@@ -395,11 +395,13 @@ def test_vit_b16_base_offline_fails_clearly(ft_app, ft_client):
 def test_the_tab_says_before_start_what_data_is_missing(tmp_path, data_dir, monkeypatch):
     from types import SimpleNamespace
 
+    from vit_demo.examples import ExampleGallery
     from vit_demo.ui.finetune import readiness
 
-    assert readiness(SimpleNamespace(data_dir=data_dir)) == ""
+    no_download = ExampleGallery(tmp_path / "examples")
+    assert readiness(SimpleNamespace(data_dir=data_dir, gallery=no_download)) == ""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no torchvision archive either
-    text = readiness(SimpleNamespace(data_dir=str(tmp_path / "empty")))
+    text = readiness(SimpleNamespace(data_dir=str(tmp_path / "empty"), gallery=no_download))
     lines = text.splitlines()
     assert len(lines) == 2 and "CIFAR-10 (train) is not available" in lines[0]
     assert "CIFAR-10 (test) is not available" in lines[1] and "VIT_DEMO_DATA_DIR" in text

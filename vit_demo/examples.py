@@ -1,44 +1,109 @@
 """Example images for the page, drawn at run time from whatever CIFAR-10 source this machine has.
 
-The repository holds no image of the data set: the gallery is written to a temporary folder
-from the data directory or torchvision's download cache; it downloads only when asked to.
+The repository holds no image of the data set: the gallery is written to a server-side folder
+from the data directory or torchvision's download cache, at once when a copy is on this machine,
+or after a download in a background thread (a Space), so that the page never waits for it.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
-from .data import CLASSES, DataUnavailable, class_balanced_indices, load_cifar10
+from .data import CLASSES, DataUnavailable, Split, class_balanced_indices, data_problem, load_cifar10
+
+READY, DOWNLOADING, FAILED, ABSENT = "ready", "downloading", "failed", "absent"
+DOWNLOAD_FAILED = ("Downloading CIFAR-10 failed, so this server has no example images and cannot "
+                   "fine-tune. Restarting the app tries again.")
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Gallery:
-    paths: list[Path]  # one PNG per example, named after its index and class
-    reason: str  # why there is no gallery, when paths is empty
+class ExampleGallery:
+    """``per_class`` CIFAR-10 test images of every class as PNG files in ``folder``, and where
+    their source stands: ``ready``, ``downloading``, ``failed`` (the download did not end well)
+    or ``absent`` (no copy here and no download asked for). ``message`` says why there are no
+    images, naming no path of the server."""
+
+    def __init__(self, folder: Path | None = None, per_class: int = 2):
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="vit-demo-examples-"))
+        self.per_class = per_class
+        # Known before any data: the k-th test image of each class, in class order.
+        self.names = [f"{label} {k + 1}" for label in CLASSES for k in range(per_class)]
+        self._lock = threading.Lock()
+        self._state, self._paths, self._message = ABSENT, [], ""
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def paths(self) -> list[Path]:
+        """One PNG per example, in the order of ``names``; empty until ``ready``."""
+        return list(self._paths)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    def fill(self, load_test: Callable[[], Split]) -> None:
+        """Write the examples from the test split ``load_test`` returns; on ``DataUnavailable``
+        the gallery stays empty with its message, on any other error with ``DOWNLOAD_FAILED``."""
+        try:
+            test = load_test()
+        except DataUnavailable as exc:
+            self._set(FAILED if self._state == DOWNLOADING else ABSENT, [], f"No example images: {exc}")
+            return
+        except Exception:  # a network error, a bad archive: logged here, said plainly on the page
+            log.exception("downloading CIFAR-10 failed")
+            self._set(FAILED, [], DOWNLOAD_FAILED)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in class_balanced_indices(test.y, self.per_class).tolist():
+            label = CLASSES[int(test.y[i])]
+            path = self.folder / f"cifar10-test-{i:05d}-{label}.png"
+            Image.fromarray(test.x[i].numpy()).save(path)  # the exact 32x32 pixels of the test set
+            paths.append(path)
+        self._set(READY, paths, "")
+
+    def fill_in_background(self, load_test: Callable[[], Split]) -> threading.Thread:
+        """``fill`` in a daemon thread, ``downloading`` until it ends; returns the thread."""
+        self._set(DOWNLOADING, [], "Downloading CIFAR-10 (170 MB); the example images appear "
+                                   "when it is done.")
+        thread = threading.Thread(target=self.fill, args=(load_test,), name="cifar10-download",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def path_of(self, name: str) -> Path:
+        """The file of the example called ``name``; ``ValueError`` (a message for the person) while
+        there is none."""
+        if name not in self.names:
+            raise ValueError(f"Unknown example {name!r}.")
+        if self._state != READY:
+            raise ValueError(self._message or "No example images on this server.")
+        return self._paths[self.names.index(name)]
+
+    def _set(self, state: str, paths: list[Path], message: str) -> None:
+        with self._lock:
+            self._state, self._paths, self._message = state, paths, message
 
 
-def build_gallery(data_dir=None, per_class: int = 2, folder: Path | None = None,
-                  download: bool = False) -> Gallery:
-    """``per_class`` test images of every class, as PNG files; empty with a reason if no source.
-
-    ``download``: fetch torchvision's archive when no local copy exists (for a Space, where
-    the network is there; off by default so the app never waits on a download to start).
-    """
-    try:
-        test = load_cifar10("test", data_dir, download=download)
-    except DataUnavailable as exc:
-        return Gallery([], f"No example images: {exc}")
-    folder = Path(folder or tempfile.mkdtemp(prefix="vit-demo-examples-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in class_balanced_indices(test.y, per_class).tolist():
-        label = CLASSES[int(test.y[i])]
-        img = Image.fromarray(test.x[i].numpy())  # the exact 32x32 pixels of the test set
-        path = folder / f"cifar10-test-{i:05d}-{label}.png"
-        img.save(path)
-        paths.append(path)
-    return Gallery(paths, "")
+def open_gallery(data_dir=None, download: bool = False, folder: Path | None = None,
+                 per_class: int = 2, load_test: Callable[[], Split] | None = None) -> ExampleGallery:
+    """The gallery from the local CIFAR-10 copy, written now; without one and with ``download``,
+    downloaded in the background by ``load_test`` (default: torchvision's archive, which brings
+    the training split too); else empty, saying why."""
+    gallery = ExampleGallery(folder, per_class)
+    local = partial(load_cifar10, "test", data_dir, download=False)
+    if not data_problem("test", data_dir) or not download:
+        gallery.fill(local)
+    else:
+        gallery.fill_in_background(load_test or partial(load_cifar10, "test", data_dir, download=True))
+    return gallery

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from ..examples import build_gallery
+from ..data import Split
+from ..examples import open_gallery
 from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
 from ..registry import SCRATCH, VITB16, Registry
@@ -26,10 +27,14 @@ FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a
 
 def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
                    allow_hub: bool = True, download_data: bool = False,
-                   settings: Settings | None = None, finetune_dir: Path | None = None) -> AppContext:
+                   settings: Settings | None = None, finetune_dir: Path | None = None,
+                   cache_examples: bool = False,
+                   download: Callable[[], Split] | None = None) -> AppContext:
     """Registry with the scratch model loaded (so the first request is fast) and ViT-B/16
-    loading in the background; the example gallery from the local CIFAR-10 copy (downloaded
-    first when ``download_data``); the fine-tune store; Pillow's pixel limit."""
+    loading in the background; the example gallery from the local CIFAR-10 copy, or, with
+    ``download_data`` and no copy, downloaded in the background by ``download`` (default:
+    torchvision's archive; it returns the test split); the fine-tune store; Pillow's pixel
+    limit. ``cache_examples``: Gradio caches what the examples show (as on a Space)."""
     settings = settings or Settings.from_env()
     set_pixel_limit(settings.max_pixels)
     finetune_dir = Path(finetune_dir or os.environ.get(FINETUNE_DIR_ENV)
@@ -37,8 +42,9 @@ def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
     registry = Registry(weights_dir, allow_hub=allow_hub, finetune_dir=finetune_dir)
     registry.load_in_background(VITB16)
     registry.load_in_background(SCRATCH).join()
-    return AppContext(registry, build_gallery(data_dir, download=download_data),
-                      FinetuneStore(finetune_dir, settings.keep_finetuned), settings, data_dir)
+    gallery = open_gallery(data_dir, download=download_data, load_test=download)
+    return AppContext(registry, gallery, FinetuneStore(finetune_dir, settings.keep_finetuned),
+                      settings, data_dir, cache_examples)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -55,16 +61,16 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         with gr.Accordion("Model details", open=False, elem_id="model-details"):
             details = gr.Markdown()
         with gr.Tab("Classify"):
-            classify_image, classify_examples, classify_choice = classify.build_tab(ctx)
+            classify_image, classify_picked, classify_choice = classify.build_tab(ctx)
         with gr.Tab("Attention"):
-            attention_image, attention_examples, attention_choice = attention.build_tab(ctx)
+            attention_image, attention_picked, attention_choice = attention.build_tab(ctx)
         with gr.Tab("Compare"):
             compare_outputs = compare.build_tab(ctx)
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
         with gr.Tab("Inside the model") as inside_tab:
             inside.build_tab(ctx, inside_tab)
-        share_image([(classify_image, classify_examples), (attention_image, attention_examples)])
+        share_image([(classify_image, classify_picked), (attention_image, attention_picked)])
         timer = gr.Timer(3.0, active=False)
 
         def on_load():
@@ -81,7 +87,12 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         demo.load(on_load, outputs=page_outputs, api_visibility="private", queue=False)
         demo.load(lambda: compare.compare(registry), outputs=compare_outputs, api_visibility="private")
         timer.tick(on_tick, outputs=page_outputs, api_visibility="private", queue=False)
-        gr.api(partial(model_status, registry), api_name="status")
+
+        def status() -> list[dict]:
+            """Every model of this server: its key, label, kind, state (ready, loading, unavailable, not loaded), the reason when it is not ready, and where its weights come from."""
+            return model_status(registry)
+
+        gr.api(status, api_name="status")
     demo.queue(max_size=ctx.settings.queue_size)
     return demo
 
@@ -96,8 +107,9 @@ async def _refuse_nameless_uploads(request: Request, exc: TypeError) -> JSONResp
 
 def launch_kwargs(ctx: AppContext) -> dict:
     """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
-    (``allowed_paths``: their folder), never the shipped weights folder."""
-    return {"max_file_size": ctx.settings.max_bytes, "css": CSS,
+    (``allowed_paths``: their folder), never the shipped weights folder. The app is also an MCP
+    server (``/gradio_api/mcp/``): its public endpoints are tools an agent can call."""
+    return {"max_file_size": ctx.settings.max_bytes, "css": CSS, "mcp_server": True,
             "allowed_paths": [str(ctx.store.folder.resolve())],
             "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads}}}
 

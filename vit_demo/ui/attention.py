@@ -244,8 +244,9 @@ def control_visibility(method: str) -> tuple:
             gr.update(visible=method == "raw"), gr.update(visible=method == "raw"))
 
 
-def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdown]:
-    """The tab's components; returns (image input, its examples, model dropdown)."""
+def build_tab(ctx: AppContext):
+    """The tab's components; returns (image input, the event after which a picked example is
+    in it, model dropdown)."""
     gr.Markdown(
         "Where does the [CLS] token, which the classifier reads, gather its information from? "
         "**Gradient-weighted** rollout keeps only attention that raises the target class's score "
@@ -294,8 +295,36 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
             notes = gr.Markdown()
             with gr.Accordion("Map values per patch (raw, before normalising for display)", open=False):
                 values = gr.JSON(label="Values")
-    gallery = examples(ctx, image)
-    run.click(user_errors()(functools.partial(rollout, ctx)),
+    picked = examples(ctx, image)
+
+    @user_errors()
+    def attention_rollout(image: str | None, model: str, method: str, head_fusion: str,
+                          discard_ratio: float, start_layer: float, target_class: str,
+                          layer: float, head: float | None = None,
+                          colormap: str = DEFAULT_COLORMAP, opacity: float = DEFAULT_OPACITY,
+                          grid: bool = False, view: str = PHOTO, score_vitb16: bool = False):
+        """Show where a Vision Transformer looks in an image: an attention map over its patches, with the prediction and how faithful the map is (deletion and insertion scores).
+
+        Args:
+            image: the image (PNG, JPEG, WebP, ...; any size)
+            model: "scratch", "vit-b16", "both", or a fine-tuned model's key
+            method: "grad" (gradient-weighted rollout), "rollout", or "raw" (one layer's attention from [CLS])
+            head_fusion: how rollout and raw fuse the heads: "mean", "max" or "min"
+            discard_ratio: share of the lowest patch-to-patch weights rollout drops per row, 0 to 0.99
+            start_layer: first layer the rollouts multiply in (0 = first)
+            target_class: "predicted" or a CIFAR-10 class name, for "grad"
+            layer: the layer "raw" shows (0 = first, -1 = last)
+            head: the head "raw" shows (empty: all heads, fused)
+            colormap: the heat map's colours
+            opacity: the map's opacity over the image, 0 to 1
+            grid: draw the patch grid
+            view: "photo" (the map over the image as uploaded) or "model" (over what the model sees)
+            score_vitb16: also score ViT-B/16's maps (slow on a CPU)
+        """
+        return rollout(ctx, image, model, method, head_fusion, discard_ratio, start_layer,
+                       target_class, layer, head, colormap, opacity, grid, view, score_vitb16)
+
+    run.click(attention_rollout,
               inputs=[image, choice, method, head_fusion, discard_ratio, start_layer, target_class,
                       layer, head, colormap, opacity, grid, view, faithfulness_all],
               outputs=[left, right, left_label, right_label, values, notes, left_faith, right_faith],
@@ -312,4 +341,4 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
                   api_visibility="private", queue=False)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")
-    return image, gallery, choice
+    return image, picked, choice

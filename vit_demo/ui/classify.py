@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..data import CLASSES
 from ..inference import predict
-from ..registry import VITB16, ModelUnavailable
+from ..registry import SCRATCH, VITB16, ModelUnavailable
 from .common import (INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
                      model_dropdown, read_image, side_titles, unavailable_message, unavailable_note,
                      user_errors)
@@ -41,9 +41,10 @@ def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | No
     return results[0], results[1], "\n\n".join(notes)
 
 
-def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdown]:
-    """The tab's components; returns (image input, its examples, model dropdown), which the
-    page shares with the other tabs and fills in when a visitor opens it."""
+def build_tab(ctx: AppContext):
+    """The tab's components; returns (image input, the event after which a picked example is
+    in it, model dropdown), which the page shares with the other tabs and fills in when a
+    visitor opens it."""
     gr.Markdown(
         "Drop, paste or photograph an image. The models know only CIFAR-10's ten classes: "
         + ", ".join(CLASSES) + ". Anything else is forced into one of them.")
@@ -59,9 +60,29 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
                 right = gr.Label(num_top_classes=TOP_K, label=ctx.registry.label(VITB16),
                                  min_width=200, visible=both)
             notes = gr.Markdown()
-    gallery = examples(ctx, image)
-    run.click(user_errors()(lambda img, c: classify(ctx, img, c)), inputs=[image, choice],
-              outputs=[left, right, notes], api_name="classify", **INFERENCE)
+
+    @user_errors()
+    def classify_image(image: str | None, model: str):
+        """Classify an image into CIFAR-10's ten classes (airplane, automobile, bird, cat, deer,
+        dog, frog, horse, ship, truck) with a Vision Transformer; anything else is forced into one
+        of them.
+
+        Args:
+            image: the image to classify (PNG, JPEG, WebP, ...; any size, resized by the server)
+            model: "scratch" (a ViT trained from scratch), "vit-b16" (timm's ViT-B/16), "both", or a fine-tuned model's key
+        Returns:
+            the top-5 classes with probabilities from the first model and from ViT-B/16 (with "both"); notes with latencies
+        """
+        return classify(ctx, image, model)
+
+    def classify_example(path: str):
+        """An example as the scratch model sees it (what Gradio caches for the example)."""
+        return (SCRATCH, *classify(ctx, path, SCRATCH))
+
+    picked = examples(ctx, image, classify_example, [choice, left, right, notes],
+                      api_name="classify_example")
+    run.click(classify_image, inputs=[image, choice], outputs=[left, right, notes],
+              api_name="classify", **INFERENCE)
     def show_sides(c: str):
         title, both = side_titles(c, ctx.registry)
         return gr.Label(label=title), gr.Label(visible=both)
@@ -70,4 +91,4 @@ def build_tab(ctx: AppContext) -> tuple[gr.Image, gr.Examples | None, gr.Dropdow
                   queue=False)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")
-    return image, gallery, choice
+    return image, picked, choice

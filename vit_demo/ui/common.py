@@ -13,7 +13,7 @@ import gradio as gr
 from gradio import processing_utils
 from gradio.data_classes import ImageData
 
-from ..examples import Gallery
+from ..examples import DOWNLOADING, READY as GALLERY_READY, ExampleGallery
 from ..finetune.store import FinetuneStore
 from ..hub import HUB_PREFIX
 from ..inference import MAX_FILE_BYTES, BadImage, open_image
@@ -29,10 +29,11 @@ INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
 @dataclass
 class AppContext:
     registry: Registry
-    gallery: Gallery
+    gallery: ExampleGallery
     store: FinetuneStore
     settings: Settings
     data_dir: str | None = None
+    cache_examples: bool = False  # Gradio caches the examples' outputs (lazily), as on a Space
 
 
 @contextmanager
@@ -81,23 +82,73 @@ def image_input(settings: Settings, label: str = "Image") -> ImageUpload:
     return image
 
 
-def examples(ctx: AppContext, image: gr.Image) -> gr.Examples | None:
-    """The CIFAR-10 example gallery feeding ``image``, or the reason there is none."""
-    if ctx.gallery.paths:
-        return gr.Examples([[str(p)] for p in ctx.gallery.paths], inputs=[image],
-                           label="CIFAR-10 test images, two per class", examples_per_page=20)
-    gr.Markdown("No example images on this server: the CIFAR-10 test set is not on this machine. "
-                "Drop a photo of your own instead.")
-    return None
+GALLERY_LABEL = "CIFAR-10 test images, two per class"
+GALLERY_POLL_S = 3.0  # how often an open page looks whether the download has ended
 
 
-def share_image(inputs: list[tuple[gr.Image, gr.Examples | None]]) -> None:
+def gallery_note(gallery: ExampleGallery) -> str:
+    """One line above the examples: empty when they are there, else why not (no server path)."""
+    if gallery.state == GALLERY_READY:
+        return ""
+    if gallery.state == DOWNLOADING:
+        return "Downloading CIFAR-10... the examples can be used when it is done."
+    return (f"{gallery.message} Drop a photo of your own instead." if gallery.message else
+            "No example images on this server. Drop a photo of your own instead.")
+
+
+def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: list | None = None,
+             api_name: str | None = None):
+    """The CIFAR-10 examples feeding ``image``; returns the event after which an example's image
+    is in ``image`` (``None`` when this server has no examples), for ``share_image``.
+
+    ``fn(image_path)`` with ``outputs`` is what an example shows besides its image; Gradio caches
+    it (lazily: at first use) when ``ctx.cache_examples``. The examples are the images themselves
+    when they were written before the page was built; while CIFAR-10 is still downloading they
+    are named ("cat 1") and bring their image when picked, once the download is done. A note
+    above them says what is going on, refreshed on page load and while the download runs."""
+    gallery = ctx.gallery
+    note = gr.Markdown(gallery_note(gallery))
+    outputs = list(outputs or [])
+    cache = ctx.cache_examples and fn is not None
+    common = {"label": GALLERY_LABEL, "examples_per_page": 20, "cache_mode": "lazy",
+              "api_name": api_name or "load_example"}
+    if gallery.state == GALLERY_READY:
+        picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=outputs,
+                             fn=fn, cache_examples=cache, **common)
+        return picked.load_input_event
+    if gallery.state != DOWNLOADING:
+        return None
+
+    def show(name: str):
+        with user_errors():
+            path = str(gallery.path_of(name))
+        return (path, *fn(path)) if fn is not None else path
+
+    name = gr.Textbox(visible=False)
+    picked = gr.Examples([[n] for n in gallery.names], inputs=[name], outputs=[image, *outputs],
+                         fn=show, cache_examples=cache, **common)
+    loaded = picked.load_input_event
+    if not cache:  # uncached, Gradio only puts the name in the box: show the example after it
+        loaded = loaded.then(show, inputs=[name], outputs=[image, *outputs],
+                             api_visibility="private")
+    timer = gr.Timer(GALLERY_POLL_S)
+
+    def refresh():
+        return gallery_note(gallery), gr.Timer(active=gallery.state == DOWNLOADING)
+
+    gr.on([timer.tick], refresh, outputs=[note, timer], api_visibility="private", queue=False)
+    gr.on(None, refresh, outputs=[note, timer], api_visibility="private", queue=False)
+    return loaded
+
+
+def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
     """One image for the whole visit: an image put into any of ``inputs`` (dropped, pasted,
     photographed, cleared, or picked from that tab's examples) becomes the image of all others.
+    Each pair is (image, the event after which a picked example is in it, or ``None``).
 
     ``.input`` fires only on what the visitor does, not on these copies, so nothing loops.
     """
-    for i, (image, gallery) in enumerate(inputs):
+    for i, (image, picked) in enumerate(inputs):
         others = [other for j, (other, _) in enumerate(inputs) if j != i]
         if not others:
             continue
@@ -106,9 +157,8 @@ def share_image(inputs: list[tuple[gr.Image, gr.Examples | None]]) -> None:
             return value if n == 1 else [value] * n
 
         image.input(copy, inputs=[image], outputs=others, api_visibility="private", queue=False)
-        if gallery is not None:
-            gallery.load_input_event.then(copy, inputs=[image], outputs=others,
-                                          api_visibility="private", queue=False)
+        if picked is not None:
+            picked.then(copy, inputs=[image], outputs=others, api_visibility="private", queue=False)
 
 
 def read_image(path: str | Path | None, settings: Settings):

@@ -146,6 +146,13 @@ def build_tab(ctx: AppContext) -> tuple[gr.HTML, gr.HTML, gr.HTML]:
     per_class = gr.HTML(elem_id="compare-per-class")
     gr.Markdown("**Confusion matrices** (from the cards' test runs)")
     confusion = gr.HTML(elem_id="compare-figures")
-    refresh.click(lambda: compare(ctx.registry), outputs=[summary, per_class, confusion], api_name="compare")
-    time_now.click(lambda: measure_latency(ctx), outputs=[latency], api_name="latency", **INFERENCE)
+
+    def compare_models():
+        """Every model's figures from its card: accuracy, parameters, FLOPs and latency, per-class accuracy, and confusion matrices (HTML)."""
+        return compare(ctx.registry)
+
+    refresh.click(compare_models, outputs=[summary, per_class, confusion], api_name="compare")
+    # Callable by API clients, but no MCP tool (nor in view_api): a benchmark of the server.
+    time_now.click(lambda: measure_latency(ctx), outputs=[latency], api_name="latency",
+                   api_visibility="undocumented", **INFERENCE)
     return summary, per_class, confusion

@@ -20,11 +20,12 @@ import gradio as gr
 import pandas as pd
 
 from ..data import data_problem
+from ..examples import DOWNLOADING, ExampleGallery
 from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
 from ..registry import SCRATCH, VITB16, ModelKind
-from .common import AppContext, user_errors
+from .common import GALLERY_POLL_S, AppContext, user_errors
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
@@ -114,13 +115,15 @@ class Handlers:
     """The tab's event handlers over the server's one ``JobRunner`` (bound methods, so that
     Gradio sees their parameter names and hands them the ``gr.Request``)."""
     runner: JobRunner
+    gallery: ExampleGallery  # whether CIFAR-10 is still downloading
 
-    async def start(self, base: str, train_images: float, epochs: float, steps: float,
+    async def finetune(self, base: str, train_images: float, epochs: float, steps: float,
                     batch_size: float, lr: float, freeze_backbone: bool, seed: float, name: str,
                     val_images: float, test_images: float, request: gr.Request
                     ) -> AsyncIterator[Outputs]:
-        """Start a job and stream its state until it ends. ``name`` labels the new model; its
-        key is the label plus a suffix the server chooses."""
+        """Fine-tune a model on CIFAR-10 on this server (one job at a time for everyone) and stream its state until it ends. ``name`` labels the new model; its key is the label plus a suffix the server chooses."""
+        if self.gallery.state == DOWNLOADING:
+            raise gr.Error(DOWNLOADING_NOTE)
         with user_errors():
             state = self.runner.start(FinetuneRequest(
                 base=base, train_images=train_images, epochs=epochs, steps=steps,
@@ -164,11 +167,21 @@ def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
                     if k != VITB16 and ctx.registry.kind(k) is ModelKind.SCRATCH]
 
 
+DOWNLOADING_NOTE = "CIFAR-10 is still downloading; a job can start when it is done."
+
+
 def readiness(ctx: AppContext) -> str:
     """What stops a job before it starts, and what to do; empty when nothing does. (Running on
     the CPU does not stop one: the job state's warning says so.)"""
+    if ctx.gallery.state == DOWNLOADING:
+        return f"- {DOWNLOADING_NOTE}"
     problems = [p for p in (data_problem("train", ctx.data_dir), data_problem("test", ctx.data_dir)) if p]
     return "\n".join(f"- {p}" for p in problems)
+
+
+def readiness_note(ctx: AppContext) -> str:
+    missing = readiness(ctx)
+    return f"**Before you start:**\n{missing}" if missing else ""
 
 
 def build_tab(ctx: AppContext) -> JobRunner:
@@ -181,9 +194,7 @@ def build_tab(ctx: AppContext) -> JobRunner:
         "it while it runs, and only yours can stop it. At the end the model is tested on "
         "held-out CIFAR-10 test images and selectable in the other tabs at once, under its "
         f"name plus a suffix; this server keeps the {ctx.settings.keep_finetuned} newest.")
-    missing = readiness(ctx)
-    if missing:
-        gr.Markdown("**Before you start:**\n" + missing)
+    ready_note = gr.Markdown(readiness_note(ctx))
     number = partial(gr.Number, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
@@ -222,15 +233,19 @@ def build_tab(ctx: AppContext) -> JobRunner:
     inputs = [base, train_images, epochs, steps, batch_size, lr, freeze, seed, name, val_images,
               test_images]
     outputs = [progress, loss_plot, acc_plot, log, files, state_json]
-    handlers = Handlers(runner)
-    started = start_btn.click(handlers.start, inputs=inputs, outputs=outputs, api_name="finetune",
-                              concurrency_limit=None, show_progress="hidden")
+    handlers = Handlers(runner, ctx.gallery)
+    # /finetune stays public (an MCP tool too): gradio_client takes keyword arguments and
+    # defaults only for documented endpoints. Stop and status take none: callable by API
+    # clients, but "undocumented", so no MCP tools (nor in view_api).
+    job_api = {"concurrency_limit": None, "show_progress": "hidden"}
+    started = start_btn.click(handlers.finetune, inputs=inputs, outputs=outputs,
+                              api_name="finetune", **job_api)
     started.failure(handlers.follow, outputs=outputs,
                     api_visibility="private", concurrency_limit=None, show_progress="hidden")
     stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop",
-                   concurrency_limit=None, show_progress="hidden")
+                   api_visibility="undocumented", **job_api)
     refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status",
-                      concurrency_limit=None, show_progress="hidden")
+                      api_visibility="undocumented", **job_api)
     gr.on(triggers=None, fn=handlers.follow, outputs=outputs,
           api_visibility="private", concurrency_limit=None, show_progress="hidden")
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
@@ -238,4 +253,13 @@ def build_tab(ctx: AppContext) -> JobRunner:
                         test_images], api_visibility="private", queue=False)
     base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
+    timer = gr.Timer(GALLERY_POLL_S, active=ctx.gallery.state == DOWNLOADING)
+
+    def refresh_readiness():  # until the download ends
+        return readiness_note(ctx), gr.Timer(active=ctx.gallery.state == DOWNLOADING)
+
+    gr.on([timer.tick], refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
+          queue=False)
+    gr.on(None, refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
+          queue=False)
     return runner

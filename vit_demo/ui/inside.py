@@ -226,10 +226,19 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
     notes = gr.Markdown()
     with gr.Accordion("The numbers behind the figures", open=False):
         values = gr.JSON(label="Values")
-    handler = functools.partial(inside, ctx)
+
+    def inside_figures(model: str, image: str | None = None):
+        """The ViT paper's Figure 7 for a model: its patch-embedding filters, the similarity of its position embeddings, and the mean attention distance per head and layer (for an image if given).
+
+        Args:
+            model: "scratch", "vit-b16", "both", or a fine-tuned model's key
+            image: optional image for the attention-distance figure (else CIFAR-10 test images)
+        """
+        return inside(ctx, model, image)
+
     outputs = [*left, *right, notes, values]
-    run.click(handler, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
+    run.click(inside_figures, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
     for event in (tab.select, choice.change):
-        event(handler, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
+        event(inside_figures, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
     choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
                  api_visibility="private")

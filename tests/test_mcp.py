@@ -1,0 +1,57 @@
+"""The app is an MCP server: agents get /classify, /rollout and the other read-only endpoints as
+tools, with the parameters the API has; the fine-tune job's stop and status and the latency
+benchmark are not tools."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import urllib.request
+
+TOOLS = {"classify_image": "classify", "attention_rollout": "rollout", "compare_models": "compare",
+         "inside_figures": "inside", "status": "status", "finetune": "finetune"}
+
+
+def mcp_schema(url: str) -> dict[str, dict]:
+    with urllib.request.urlopen(f"{url}gradio_api/mcp/schema", timeout=30) as response:
+        return {tool["name"]: tool for tool in json.load(response)}
+
+
+def api_parameters(client, endpoint: str) -> list[str]:
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"][endpoint]
+    return [p["parameter_name"] for p in info["parameters"]]
+
+
+def test_mcp_tools_are_the_read_only_endpoints_with_their_api_parameters(app, client):
+    tools = mcp_schema(app[0])
+    assert {name: tool["meta"]["endpoint_name"] for name, tool in tools.items()} == TOOLS
+    for name, endpoint in TOOLS.items():
+        schema = tools[name]["inputSchema"]
+        assert list(schema["properties"]) == api_parameters(client, f"/{endpoint}"), name
+        assert tools[name]["description"], name
+    classify = tools["classify_image"]["inputSchema"]
+    assert list(classify["properties"]) == ["image", "model"] and classify["required"] == ["image"]
+    assert "url" in classify["properties"]["image"]["format"]  # an agent sends the image's URL
+    assert "scratch" in classify["properties"]["model"]["enum"]
+    rollout = tools["attention_rollout"]["inputSchema"]["properties"]
+    assert rollout["method"]["enum"] == ["grad", "rollout", "raw"]
+    assert tools["inside_figures"]["inputSchema"].get("required", []) == []  # the image is optional
+
+
+def test_an_agent_lists_and_calls_tools_over_the_mcp_protocol(app, client):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def session():
+        async with streamable_http_client(f"{app[0]}gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                listed = await s.list_tools()
+                answer = await s.call_tool("status", {})
+                return [t.name for t in listed.tools], answer
+
+    names, answer = asyncio.run(session())
+    assert sorted(names) == sorted(TOOLS)
+    assert not answer.isError
+    assert ast.literal_eval(answer.content[0].text) == client.predict(api_name="/status")
