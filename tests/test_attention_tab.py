@@ -16,7 +16,7 @@ from vit_demo.attention import explain
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
 from vit_demo.inference import preprocess
 from vit_demo.data import DataConfig
-from vit_demo.faithfulness import faithfulness
+from vit_demo.faithfulness import PAGE_STEPS, faithfulness
 from vit_demo.overlay import (COLORMAPS, MAX_DISPLAY_SIDE, OUTSIDE_DIM, check_colormap, crop_box,
                               display_photo, display_scale, grid_lines, model_view, normalize,
                               overlay, photo_overlay, upsample, value_grid)
@@ -255,7 +255,8 @@ def test_rollout_api_at_opacity_zero_shows_the_pixels_the_model_saw(client, cifa
 def test_rollout_api_on_a_photo_and_as_the_model_saw_it(client, app, tmp_path):
     """A 96 x 64 photo: by default the map lies over the photo at its own resolution (enlarged
     by blocks to 224 px high); "model" shows the 32 px input enlarged instead. The scores beside
-    the map are ``faithfulness`` computed directly on the same map and input."""
+    the map are ``faithfulness`` computed directly on the same map and input, at the page's
+    steps (the tab takes the image's probability from its own forward pass)."""
     _, ctx = app
     rng = np.random.default_rng(5)
     pixels = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
@@ -273,9 +274,9 @@ def test_rollout_api_on_a_photo_and_as_the_model_saw_it(client, app, tmp_path):
     seen = model_view(x[0].numpy(), CIFAR10_DATA_CONFIG.mean, CIFAR10_DATA_CONFIG.std)
     np.testing.assert_allclose(np.asarray(Image.open(model_seen).convert("RGB")),
                                overlay(seen, exact, "jet", 0.5, True), atol=1)
-    direct = faithfulness(model, x, exact, CLASSES.index(label["label"]))
+    direct = faithfulness(model, x, exact, CLASSES.index(label["label"]), steps=PAGE_STEPS)
     got = values["scratch"]["faithfulness"]
-    assert got["steps"] == direct.steps
+    assert got["steps"] == direct.steps == 4
     for name in ("map", "random", "centre"):
         for metric in ("deletion", "insertion"):
             assert got[name][metric] == pytest.approx(getattr(getattr(direct, name), metric), abs=2e-3)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import save_tiny_scratch
-from vit_demo.faithfulness import (Faithfulness, Scores, area, beats, centre_map, curves,
-                                   faithfulness, mean_scores, patch_masks, patch_order,
-                                   random_map, reading, step_counts)
+from vit_demo.faithfulness import (PAGE_STEPS, Faithfulness, Scores, area, beats, centre_map,
+                                   curves, faithfulness, mean_scores, patch_masks, patch_order,
+                                   perturbed_count, random_map, reading, step_counts)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,6 +113,79 @@ def save_tiny_scratch_model():
         return save_tiny_scratch(Path(folder), "tiny", seed=2)
 
 
+class PresentWeight(torch.nn.Module):
+    """Two classes on a 2 x 3 image of one-pixel patches, each pixel 1 (present) or 0 (the
+    baseline): the probability of class 1 is the weight of the present patches over the total,
+    weights 6, 5, 4, 3, 2, 1 (row-major, out of 21). Records the inputs of every call."""
+
+    weights = torch.tensor([[6.0, 5.0, 4.0], [3.0, 2.0, 1.0]], dtype=torch.float64)
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.calls.append(x.clone())
+        present = (x[:, 0].double() * self.weights).sum(dim=(1, 2))
+        return torch.stack([torch.log(21.0 - present), torch.log(present)], dim=-1)
+
+
+# Areas worked out by hand for PresentWeight. Ranked by weight, insertion puts back weights
+# 6, 5, 4, 3, 2, 1; centre-first ranks the middle column (5, 2), then the corners in index order
+# (6, 4, 3, 1). At 3 steps (2 patches a step) insertion passes through 0, 11, 18, 21 (by weight)
+# and 0, 7, 17, 21 (centre first), out of 21; the trapezoid area of points y0..y3 is
+# (y0 + 2 y1 + 2 y2 + y3) / 6. At 2 steps: 0, 15, 21 and 0, 13, 21, area (y0 + 2 y1 + y2) / 4.
+# At 1 step every curve is its two ends: 1/2. Deletion passes through 21 minus the same numbers.
+HAND_INSERTION = {3: {"weight": (2 * 11 + 2 * 18 + 21) / 6 / 21, "centre": (2 * 7 + 2 * 17 + 21) / 6 / 21},
+                  2: {"weight": (2 * 15 + 21) / 4 / 21, "centre": (2 * 13 + 21) / 4 / 21},
+                  1: {"weight": 0.5, "centre": 0.5}}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_areas_of_a_model_with_a_known_probability_equal_hand_worked_values(steps):
+    model = PresentWeight()
+    x = torch.ones(1, 1, 2, 3)
+    maps = {"weight": PresentWeight.weights.numpy(), "centre": centre_map(2, 3)}
+    got = curves(model, x, maps, target=1, steps=steps)
+    for name, insertion in HAND_INSERTION[steps].items():
+        assert area(got[name]["insertion"]) == pytest.approx(insertion, abs=1e-6)
+        assert area(got[name]["deletion"]) == pytest.approx(1 - insertion, abs=1e-6)
+    # every step: 6 points, the exact fractions of present weight
+    fine = curves(model, x, maps, target=1, steps=6)
+    np.testing.assert_allclose(fine["weight"]["insertion"], np.array([0, 6, 11, 15, 18, 20, 21]) / 21, atol=1e-6)
+    np.testing.assert_allclose(fine["centre"]["deletion"], np.array([21, 16, 14, 8, 4, 1, 0]) / 21, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [2, PAGE_STEPS, 6])
+def test_one_pass_evaluates_each_end_once_and_the_image_not_at_all_when_known(steps):
+    """Three maps, ``steps - 1`` inner points per curve: one forward pass of
+    ``perturbed_count`` inputs, the all-baseline image among them once; the image itself once
+    more only when its probability is not given, and then as the curves' shared end."""
+    model = PresentWeight()
+    x = torch.ones(1, 1, 2, 3)
+    heatmap = np.array([[0.1, 0.9, 0.3], [0.4, 0.5, 0.6]])
+    known = faithfulness(model, x, heatmap, target=1, steps=steps, image_probability=0.75)
+    (batch,) = model.calls
+    assert batch.shape[0] == perturbed_count(steps) == 6 * (steps - 1) + 1
+    per_input = batch.flatten(1)
+    assert (per_input.sum(1) == 0).sum() == 1 and (per_input.sum(1) == 6).sum() == 0
+    model.calls.clear()
+    unknown = faithfulness(model, x, heatmap, target=1, steps=steps)
+    (batch,) = model.calls
+    assert batch.shape[0] == perturbed_count(steps, image_known=False) == perturbed_count(steps) + 1
+    assert (batch.flatten(1).sum(1) == 6).sum() == 1
+    # the given probability is the curves' shared end: the deletion starts and the insertion
+    # ends there, and the scores move by (given - true) / (2 * steps) on each curve
+    for name in ("map", "random", "centre"):
+        a, b = getattr(known, name), getattr(unknown, name)
+        assert a.deletion - b.deletion == pytest.approx((0.75 - 1.0) / (2 * steps), abs=1e-6)
+        assert a.insertion - b.insertion == pytest.approx((0.75 - 1.0) / (2 * steps), abs=1e-6)
+    model.calls.clear()
+    predicted = faithfulness(model, x, heatmap, steps=steps)  # the target from one forward pass
+    assert predicted.target == 1 and predicted == unknown
+    assert [c.shape[0] for c in model.calls] == [1, perturbed_count(steps)]
+
+
 def test_orders_steps_and_masks():
     assert patch_order(np.array([[0.1, 0.5], [0.5, 0.2]])).tolist() == [1, 2, 3, 0]
     assert step_counts(64, 8) == [0, 8, 16, 24, 32, 40, 48, 56, 64]
@@ -122,6 +195,10 @@ def test_orders_steps_and_masks():
     assert masks.shape == (3, 4, 6) and masks[0].sum() == 0
     assert masks[1, 2:, 3:].all() and masks[1].sum() == 6  # patch 3: bottom right
     assert masks[2, :2, :3].all() and masks[2].sum() == 12
+    orders = torch.tensor([[3, 0, 1, 2], [0, 1, 2, 3]])  # several orders at once: each its own
+    both = patch_masks(orders, [0, 1, 2], (2, 2), (4, 6))
+    assert both.shape == (2, 3, 4, 6) and torch.equal(both[0], masks)
+    assert torch.equal(both[1], patch_masks(torch.tensor([0, 1, 2, 3]), [0, 1, 2], (2, 2), (4, 6)))
     c = centre_map(3, 3)
     assert int(c.argmax()) == 4 and c[0, 0] == c[2, 2] == c[0, 2]
     assert torch.equal(random_map(4, 4, 7), random_map(4, 4, 7))
@@ -148,6 +225,8 @@ def test_bad_input_is_refused_with_a_reason():
         curves(model, x, {"a": np.ones((2, 2))}, 0, steps=0)
     with pytest.raises(ValueError, match="at least two points"):
         area([0.5])
+    with pytest.raises(ValueError, match="needs the target class"):
+        faithfulness(model, x, np.ones((2, 2)), image_probability=0.5)
 
 
 def test_reading_says_better_or_no_better_than_a_centre_guess():

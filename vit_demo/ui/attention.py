@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..attention import explain
 from ..data import CLASSES
-from ..faithfulness import Faithfulness, faithfulness
+from ..faithfulness import PAGE_STEPS, Faithfulness, faithfulness, perturbed_count
 from ..inference import preprocess
 from ..registry import VITB16, LoadedModel, ModelUnavailable
 from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
@@ -114,7 +114,7 @@ def target_index(settings: Settings, loaded: LoadedModel) -> int | None:
 
 def scores_faithfulness(loaded: LoadedModel, settings: Settings) -> bool:
     """Whether a request scores this model's map: always for small inputs (the scratch ViT's
-    32 px, a fraction of a second), for the others only when asked (ViT-B/16 on a CPU: seconds)."""
+    32 px, tens of milliseconds), for the others only when asked (ViT-B/16 on a CPU: seconds)."""
     return settings.faithfulness_all or loaded.data_cfg.input_size[1] <= 64
 
 
@@ -163,7 +163,9 @@ def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, targe
     target_used = best if result["target_class"] is None else int(result["target_class"][0])
     scores = None
     if scores_faithfulness(loaded, settings):
-        scores = faithfulness(loaded.model, x, heatmap, target_used)
+        # the image's own probability comes from the forward pass above, not a second one
+        scores = faithfulness(loaded.model, x, heatmap, target_used, steps=PAGE_STEPS,
+                              image_probability=float(probs[target_used]))
     entry = {"label": loaded.label, "available": True, "method": settings.method,
              "grid_size": list(result["grid_size"]),
              "target_class": None if result["target_class"] is None else loaded.classes[target_used],
@@ -277,7 +279,8 @@ def build_tab(ctx: AppContext):
             grid = gr.Checkbox(False, label="Show the patch grid")
             faithfulness_all = gr.Checkbox(
                 False, visible=choice.value in (BOTH, VITB16),
-                label="Score ViT-B/16's maps too (slow on a CPU: 44 forward passes at 224 px)")
+                label=f"Score ViT-B/16's maps too (slow on a CPU: {perturbed_count(PAGE_STEPS)} "
+                      "more inputs at 224 px)")
             run = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=2, min_width=280):
             _, both = side_titles(choice.value, ctx.registry)
