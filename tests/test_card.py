@@ -79,7 +79,7 @@ def test_reading_is_strict(change, message):
 
 
 def test_a_card_names_its_kinds_architecture():
-    with pytest.raises(ValueError, match="needs its timm_name"):
+    with pytest.raises(ValueError, match="a timm card needs its timm_name"):
         ModelCard(ModelKind.TIMM, CLASSES, CIFAR10_DATA_CONFIG)
 
 

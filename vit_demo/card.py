@@ -30,6 +30,7 @@ from .model import ViTConfig
 from .train import TrainConfig, precision
 
 SCHEMA_VERSION = 1  # raise it with any change to the fields below that old readers would misread
+ARCHITECTURE = {ModelKind.SCRATCH: "model_config", ModelKind.TIMM: "timm_name"}  # the field naming it
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,8 @@ class ModelCard:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.kind is ModelKind.SCRATCH and self.model_config is None:
-            raise ValueError("a scratch ViT's card needs its model_config")
-        if self.kind is ModelKind.TIMM and not self.timm_name:
-            raise ValueError("a timm model's card needs its timm_name")
+        if getattr(self, ARCHITECTURE[self.kind]) is None:
+            raise ValueError(f"a {self.kind.value} card needs its {ARCHITECTURE[self.kind]}")
 
     def to_json(self) -> str:
         return json.dumps({"schema_version": self.schema_version, **_plain(self)}, indent=2) + "\n"
