@@ -29,7 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vit_demo.checkpoint import save_model  # noqa: E402
+from vit_demo.adapters import ModelKind  # noqa: E402
+from vit_demo.card import ModelCard, save_model  # noqa: E402
 from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, DataConfig,  # noqa: E402
                            DataUnavailable, Split, load_cifar10)
 from vit_demo.finetune.job import prepare, train_job  # noqa: E402
@@ -69,8 +70,8 @@ def bench_cpu_job(steps: int, batch: int, data: str | None, warmup: int) -> dict
         weights = Path(tmp) / "weights"
         torch.manual_seed(0)
         model = ViT(PRESETS[TINY_PRESET])
-        card = {"arch": "scratch-vit", "preset": TINY_PRESET, "model_config": model.cfg.to_dict(),
-                "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
+        card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model_config=model.cfg,
+                         preset=TINY_PRESET)
         save_model(weights, SCRATCH_CHECKPOINT, model.state_dict(), card)
         request = FinetuneRequest(base="scratch", train_images=steps * batch, steps=steps,
                                   batch_size=batch, lr=1e-3, name="bench", val_images=0,

@@ -62,7 +62,9 @@ def classify_end_to_end(runs: int) -> dict:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    from vit_demo.checkpoint import default_weights_dir, save_model
+    from vit_demo.adapters import ModelKind
+    from vit_demo.card import ModelCard, save_model
+    from vit_demo.checkpoint import default_weights_dir
     from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
     from vit_demo.registry import SCRATCH_CHECKPOINT
     from vit_demo.ui import build_demo, create_context, serve_locally
@@ -73,8 +75,7 @@ def classify_end_to_end(runs: int) -> dict:
         cfg = PRESETS["cifar10-192x6/4"]
         weights = tmp / "weights"
         save_model(weights, SCRATCH_CHECKPOINT, ViT(cfg).state_dict(),
-                   {"arch": "scratch-vit", "model_config": cfg.to_dict(),
-                    "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)})
+                   ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model_config=cfg))
     image = tmp / "image.png"
     Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
     ctx = create_context(weights, allow_hub=False)

@@ -38,7 +38,8 @@ from PIL import Image  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vit_demo.checkpoint import save_model  # noqa: E402
+from vit_demo.adapters import ModelKind  # noqa: E402
+from vit_demo.card import ModelCard, save_model  # noqa: E402
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, DataUnavailable, load_cifar10  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
 from vit_demo.registry import SCRATCH, SCRATCH_CHECKPOINT  # noqa: E402
@@ -78,8 +79,8 @@ def tiny_weights(folder: Path) -> Path:
     """A random-weight ``cifar10-64x2/4`` scratch checkpoint under the shipped name."""
     torch.manual_seed(0)
     model = ViT(PRESETS["cifar10-64x2/4"])
-    card = {"arch": "scratch-vit", "preset": "cifar10-64x2/4", "model_config": model.cfg.to_dict(),
-            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
+    card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model_config=model.cfg,
+                     preset="cifar10-64x2/4")
     save_model(folder, SCRATCH_CHECKPOINT, model.state_dict(), card)
     return folder
 

@@ -23,7 +23,8 @@ import torch.nn as nn
 # Run as a script from anywhere: make the repository root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vit_demo.attention import ModelKind, explain  # noqa: E402
+from vit_demo.adapters import ModelKind  # noqa: E402
+from vit_demo.attention import explain  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
 
 TARGET_OVERHEAD = 0.30

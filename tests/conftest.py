@@ -103,7 +103,8 @@ def real_cifar_test():
 
 def save_tiny_scratch(weights_dir: Path, name: str, seed: int = 0):
     """A tiny random-weight scratch ViT saved as checkpoint ``name``; returns the model."""
-    from vit_demo.checkpoint import save_model
+    from vit_demo.adapters import ModelKind
+    from vit_demo.card import ModelCard, save_model
     from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
     from vit_demo.model import PRESETS, ViT
 
@@ -111,8 +112,8 @@ def save_tiny_scratch(weights_dir: Path, name: str, seed: int = 0):
     model = ViT(PRESETS["cifar10-64x2/4"])
     for p in model.parameters():  # the default init zeroes the head; make the logits informative
         torch.nn.init.normal_(p, std=0.1)
-    card = {"arch": "scratch-vit", "preset": "cifar10-64x2/4", "model_config": model.cfg.to_dict(),
-            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
+    card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model_config=model.cfg,
+                     preset="cifar10-64x2/4")
     save_model(weights_dir, name, model.state_dict(), card)
     return model.eval()
 
@@ -163,8 +164,9 @@ def vitb16_app(tmp_path_factory, data_dir):
     ``vit-b16-cifar10`` checkpoint, beside the tiny scratch model. Yields (url, context)."""
     import timm
 
-    from vit_demo.checkpoint import save_model
-    from vit_demo.data import CLASSES
+    from vit_demo.adapters import ModelKind
+    from vit_demo.card import ModelCard, save_model
+    from vit_demo.data import CLASSES, DataConfig
     from vit_demo.registry import SCRATCH_CHECKPOINT, VITB16, VITB16_CHECKPOINT
     from vit_demo.ui import build_demo, create_context, serve_locally
 
@@ -172,8 +174,9 @@ def vitb16_app(tmp_path_factory, data_dir):
     save_tiny_scratch(folder, SCRATCH_CHECKPOINT)
     torch.manual_seed(0)
     model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=len(CLASSES))
-    card = {"arch": "timm", "timm_name": "vit_base_patch16_224", "classes": list(CLASSES),
-            "data_config": dict(timm.data.resolve_model_data_config(model))}
+    card = ModelCard(ModelKind.TIMM, CLASSES,
+                     DataConfig.from_dict(timm.data.resolve_model_data_config(model)),
+                     timm_name="vit_base_patch16_224")
     save_model(folder, VITB16_CHECKPOINT, model.state_dict(), card)
     del model
     ctx = create_context(folder, data_dir, allow_hub=False)

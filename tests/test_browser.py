@@ -350,13 +350,13 @@ def test_model_status_is_current_and_plain_at_page_load(browser, app):
 def measured_app(tmp_path_factory, cifar_test) -> Iterator[str]:
     """An app whose scratch model's card holds measured figures (200 test images), so the
     compare tab draws a confusion matrix. Yields its URL."""
-    from vit_demo.checkpoint import load_card
+    from vit_demo.card import read_card
     from vit_demo.evaluate import model_metrics, store_metrics
     from vit_demo.ui import build_demo, create_context, serve_locally
 
     weights = tmp_path_factory.mktemp("browser-measured-weights")
     model = save_tiny_scratch(weights, SCRATCH_CHECKPOINT, seed=1)
-    store_metrics(weights, load_card(weights, SCRATCH_CHECKPOINT),
+    store_metrics(weights, read_card(weights, SCRATCH_CHECKPOINT),
                   model_metrics(model, cifar_test.subset(torch.arange(200)), CIFAR10_DATA_CONFIG,
                                 len(CLASSES), latency_runs=2))
     ctx = create_context(weights, None, allow_hub=False)

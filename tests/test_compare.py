@@ -8,7 +8,7 @@ import re
 import torch
 from conftest import save_tiny_scratch
 
-from vit_demo.checkpoint import load_card
+from vit_demo.card import read_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, preprocess_batch
 from vit_demo.evaluate import model_metrics, store_metrics
 from vit_demo.registry import SCRATCH_CHECKPOINT, Registry
@@ -18,7 +18,7 @@ from vit_demo.ui.compare import compare
 def test_compare_shows_card_figures_and_unavailable_vitb16(tmp_path, cifar_test):
     model = save_tiny_scratch(tmp_path, SCRATCH_CHECKPOINT, seed=3)
     subset = cifar_test.subset(torch.arange(300))
-    card = load_card(tmp_path, SCRATCH_CHECKPOINT)
+    card = read_card(tmp_path, SCRATCH_CHECKPOINT)
     store_metrics(tmp_path, card, model_metrics(model, subset, CIFAR10_DATA_CONFIG, 10, latency_runs=3))
 
     with torch.no_grad():

@@ -7,7 +7,6 @@ Everything runs offline on the CPU in seconds; every wait has a deadline so that
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import save_tiny_scratch
-from vit_demo.checkpoint import load_card
+from vit_demo.adapters import ModelKind
+from vit_demo.card import Metrics, ModelCard, read_card
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES
 from vit_demo.finetune import job as job_module
 from vit_demo.finetune import runner as runner_module
@@ -219,7 +219,7 @@ def test_stop_lands_within_seconds_in_every_phase(tmp_path, data_dir, slow_batch
         assert state.status == DONE and state.metrics is None
         assert "stopped during the test: the model is kept" in state.log[-1]
         _, _, _, card = load_checkpoint(runner.store.folder, state.model_key)
-        assert card["metrics"] == {} and card["recipe"]["train_images"] == 2000
+        assert card.metrics == Metrics() and card.recipe.train_images == 2000
     else:
         assert state.status == CANCELLED and not list(runner.store.folder.glob("*"))
 
@@ -290,22 +290,22 @@ def test_finetune_end_to_end(ft_app, ft_client, cifar_test, tmp_path):
 
     # Checkpoint and card in the fine-tune folder, loadable as the registry loads them.
     folder = ctx.store.folder
-    card = load_card(folder, key)
-    assert card["arch"] == "scratch-vit"
-    assert card["model_config"] == PRESETS["cifar10-64x2/4"].to_dict()
-    assert card["data_config"] == CIFAR10_DATA_CONFIG.to_dict()
-    assert card["classes"] == list(CLASSES)
-    assert card["recipe"]["lr"] == 1e-3 and card["recipe"]["base"] == "scratch"
-    assert card["recipe"]["train_images"] == 3000 and card["recipe"]["batch_size"] == 16
-    assert card["metrics"]["test"]["accuracy"] == state["metrics"]["test_accuracy"]
-    assert card["date"] and card["training"]["device"] == "CPU"
+    card = read_card(folder, key)
+    assert card.kind is ModelKind.SCRATCH
+    assert card.model_config == PRESETS["cifar10-64x2/4"]
+    assert card.data_config == CIFAR10_DATA_CONFIG
+    assert card.classes == CLASSES
+    assert card.recipe.config.lr == 1e-3 and card.recipe.base == "scratch"
+    assert card.recipe.train_images == 3000 and card.recipe.config.batch_size == 16
+    assert card.metrics.test.accuracy == state["metrics"]["test_accuracy"]
+    assert card.date and card.training.device == "CPU"
     load_checkpoint(folder, key)
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files left"
 
     # The download: the files the app served are the ones it wrote.
     served = {Path(p).name: Path(p) for p in final[4]}
     assert served[f"{key}.safetensors"].read_bytes() == (folder / f"{key}.safetensors").read_bytes()
-    assert json.loads(served[f"{key}.json"].read_text())["name"] == key
+    assert ModelCard.from_json(served[f"{key}.json"].read_text()).name == key
 
     # The new model is selectable at once in the Classify tab; the shipped files are untouched.
     png = tmp_path / "img.png"

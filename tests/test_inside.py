@@ -17,11 +17,12 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
+from vit_demo.adapters import ModelKind, adapter_for
 from vit_demo.attention import forward_with_attention
 from vit_demo.cli import main
 from vit_demo.data import preprocess_batch
 from vit_demo.inference import preprocess
-from vit_demo.inside import (attention_distance_over, embedding_grid, filter_components,
+from vit_demo.inside import (attention_distance_over, filter_components,
                              mean_attention_distance, patch_embedding_weight,
                              patch_position_embedding, position_similarity,
                              similarity_by_grid_distance, uniform_attention_distance)
@@ -89,7 +90,7 @@ def test_filter_components_are_capped_at_the_filter_size():
 @pytest.mark.parametrize("name", MODELS)
 def test_position_similarity_is_the_cosine_by_loops_without_cls(name):
     model, kind = MODELS[name]()
-    rows, cols = embedding_grid(model, kind)
+    rows, cols = adapter_for(kind).embedding_grid(model)
     table = model.pos_embed.detach()[0].double().numpy()
     patches = table[-rows * cols:]  # the class token's position (when there is one) comes first
     assert len(table) == rows * cols + (0 if name == "timm-no-embed-class" else 1)
@@ -283,7 +284,7 @@ def test_inside_api_refuses_bad_input_with_a_reason(client, tmp_path):
 
 
 def test_inside_api_vit_b16_beside_scratch(vitb16_app, cifar_test, monkeypatch):
-    monkeypatch.setattr(inside_tab, "DISTANCE_IMAGES", inside_tab.DistanceImages(timm=2))
+    monkeypatch.setitem(inside_tab.DISTANCE_IMAGES, ModelKind.TIMM, 2)
     url, ctx = vitb16_app
     client = Client(url, verbose=False)
     try:

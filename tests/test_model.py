@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from vit_demo.checkpoint import CheckpointError, load_model_tensors, save_model
+from vit_demo.adapters import ModelKind
+from vit_demo.card import ModelCard, load_model_tensors, read_card, save_model
+from vit_demo.checkpoint import CheckpointError
+from vit_demo.data import CIFAR10_DATA_CONFIG
 from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, deepen
 from vit_demo.registry import Registry, load_checkpoint
 
@@ -93,7 +96,7 @@ def test_mean_pooling_differs_from_cls_pooling():
 def _save(tmp_path, name="m", cfg=None):
     cfg = cfg or PRESETS["cifar10-64x2/4"]
     model = ViT(cfg)
-    card = {"arch": "scratch-vit", "model_config": cfg.to_dict(), "classes": ["c"] * cfg.num_classes}
+    card = ModelCard(ModelKind.SCRATCH, ("c",) * cfg.num_classes, CIFAR10_DATA_CONFIG, model_config=cfg)
     save_model(tmp_path, name, model.state_dict(), card)
     return model
 
@@ -103,16 +106,16 @@ def test_checkpoint_roundtrip_gives_identical_logits(tmp_path):
     model = _save(tmp_path).eval()
     loaded, kind, _, card = load_checkpoint(tmp_path, "m")
     x = torch.randn(3, 3, 32, 32)
-    assert kind == "scratch" and card["name"] == "m"
+    assert kind == "scratch" and card.name == "m"
     assert torch.equal(model(x), loaded(x))
 
 
 def test_card_describing_another_architecture_is_refused(tmp_path):
     _save(tmp_path)
     card_path = tmp_path / "m.json"
-    card = json.loads(card_path.read_text())
-    card["model_config"]["dim"] = 96  # card says 96, tensors are 64 wide
-    card_path.write_text(json.dumps(card))
+    card = read_card(tmp_path, "m")
+    wider = replace(card, model_config=replace(card.model_config, dim=96))  # tensors are 64 wide
+    card_path.write_text(wider.to_json())
     with pytest.raises(CheckpointError, match="does not match its card.*shapes.*file \\[.*card \\["):
         load_checkpoint(tmp_path, "m")
 

@@ -17,8 +17,8 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from timm.utils import AttentionExtract
 
-from vit_demo.attention import (attention_gradients, explain, forward_with_attention, patch_grid,
-                                timm_forward_with_attention)
+from vit_demo.adapters import adapter_for, timm_forward_with_attention
+from vit_demo.attention import attention_gradients, explain, forward_with_attention
 from vit_demo.model import PRESETS, ViT, convert_timm_state_dict
 from vit_demo.rollout import attention_rollout, cls_map, discard_lowest, fuse_heads, grad_rollout
 
@@ -325,7 +325,7 @@ def test_timm_attention_matches_unfused_timm(variant):
         fused_logits = model(x)
     assert_state_unchanged(before, model)
     ref_logits, ref_attns = unfused_reference(model, x)
-    assert patch_grid(model, "timm", x) == (2, 3)
+    assert adapter_for("timm").patch_grid(model, x) == (2, 3)
     assert attns[0].shape == (2, 4, 7, 7)
     assert max(a.max().item() for a in attns) > 0.5, "attention should be peaked for a sharp test"
     torch.testing.assert_close(logits, fused_logits, rtol=0, atol=1e-5)

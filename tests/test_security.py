@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -23,8 +24,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import save_tiny_scratch
-from vit_demo.checkpoint import (CheckpointError, load_model_tensors, load_tensors, model_path,
-                                 sha256)
+from vit_demo.card import Tensors, load_model_tensors, read_card
+from vit_demo.checkpoint import CheckpointError, load_tensors, model_path, sha256
 from vit_demo.registry import SCRATCH_CHECKPOINT, ModelUnavailable, Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,9 +165,9 @@ def test_pickles_named_safetensors_are_refused_unexecuted(tmp_path, tiny_weights
     weights.mkdir()
     tensors_file = weights / "evil.safetensors"
     write_payload(kind, tensors_file, marker)
-    card = json.loads((tiny_weights / f"{SCRATCH_CHECKPOINT}.json").read_text())
-    card.update(name="evil", tensors={"file": tensors_file.name, "sha256": sha256(tensors_file)})
-    (weights / "evil.json").write_text(json.dumps(card))  # a real card that vouches for the file
+    card = read_card(tiny_weights, SCRATCH_CHECKPOINT)
+    card = replace(card, name="evil", tensors=Tensors(tensors_file.name, sha256(tensors_file), 1))
+    (weights / "evil.json").write_text(card.to_json())  # a real card that vouches for the file
 
     with pytest.raises(CheckpointError, match="not a valid safetensors file.*never unpickled"):
         load_tensors(tensors_file)

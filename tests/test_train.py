@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vit_demo.checkpoint import (CheckpointError, load_card, load_model_tensors, load_tensors,
-                                 rewrite_card, save_model)
+from vit_demo.adapters import ModelKind
+from vit_demo.card import ModelCard, load_model_tensors, read_card, rewrite_card, save_model
+from vit_demo.checkpoint import CheckpointError, load_tensors
 from vit_demo.cli import main
 from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, mix_batch,
                            preprocess_batch, random_crop_flip, random_resized_crop_flip,
@@ -97,9 +98,8 @@ def test_trainer_uses_the_schedule(overfit: dict):
         [expected_lr(s, 20, 2, 3e-3, TrainConfig.min_lr) for s in range(20)], rel=1e-12)
 
 
-def tiny_card(cfg: ViTConfig) -> dict:
-    return {"arch": "scratch-vit", "preset": TINY, "model_config": cfg.to_dict(),
-            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES)}
+def tiny_card(cfg: ViTConfig) -> ModelCard:
+    return ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model_config=cfg, preset=TINY)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_checkpoint_round_trip_gives_identical_logits(overfit: dict, overfit_wei
                                                       cifar_test: Split):
     loaded, kind, data_cfg, card = load_checkpoint(overfit_weights, "tiny")
     assert kind == "scratch" and data_cfg == CIFAR10_DATA_CONFIG
-    assert card["tensors"]["count"] == len(overfit["model"].state_dict())
+    assert card.tensors.count == len(overfit["model"].state_dict())
     x = preprocess_batch(cifar_test.x[:32], CIFAR10_DATA_CONFIG)
     with torch.inference_mode():
         expected, got = overfit["model"](x), loaded(x)
@@ -359,23 +359,23 @@ def flops_formula(cfg: ViTConfig) -> int:
 def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Split,
                           data_dir: str, tmp_path: Path, capsys):
     png = tmp_path / "confusion.png"
-    before = load_card(overfit_weights, "tiny")
+    before = read_card(overfit_weights, "tiny")
     assert main(["evaluate", "--name", "tiny", "--weights-dir", str(overfit_weights),
                  "--limit", "300", "--png", str(png), "--update-card",
                  "--data-dir", data_dir]) == 0
     assert "test accuracy" in capsys.readouterr().out
 
-    card = load_card(overfit_weights, "tiny")
-    assert card["tensors"] == before["tensors"]
+    card = read_card(overfit_weights, "tiny")
+    assert card.tensors == before.tensors
     load_model_tensors(overfit_weights, "tiny")  # the card still vouches for its tensors file
-    metrics = card["metrics"]
-    test = metrics["test"]
-    confusion = np.array(test["confusion"])
+    metrics = card.metrics
+    test = metrics.test
+    confusion = np.array(test.confusion)
     labels = cifar_test.y[:300].numpy()
-    assert test["images"] == 300
+    assert test.images == 300
     np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(labels, minlength=10))
-    assert test["accuracy"] == pytest.approx(np.trace(confusion) / 300)
-    np.testing.assert_allclose(test["per_class_accuracy"],
+    assert test.accuracy == pytest.approx(np.trace(confusion) / 300)
+    np.testing.assert_allclose(test.per_class_accuracy,
                                np.diag(confusion) / confusion.sum(axis=1))
     with torch.inference_mode():
         pred = overfit["model"](preprocess_batch(cifar_test.x[:300], CIFAR10_DATA_CONFIG)).argmax(-1)
@@ -384,9 +384,9 @@ def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Spli
     np.testing.assert_array_equal(confusion, expected)
 
     cfg = overfit["model"].cfg
-    assert metrics["params"] == sum(p.numel() for p in overfit["model"].parameters())
-    assert metrics["flops_per_image"] == pytest.approx(flops_formula(cfg), rel=0.03)
-    assert 0 < metrics["cpu_latency_ms"] < 1000 and metrics["cpu_threads"] >= 1
+    assert metrics.params == sum(p.numel() for p in overfit["model"].parameters())
+    assert metrics.flops_per_image == pytest.approx(flops_formula(cfg), rel=0.03)
+    assert 0 < metrics.cpu_latency_ms < 1000 and metrics.cpu_threads >= 1
 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as image:
@@ -396,8 +396,8 @@ def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Spli
 
 
 def test_rewrite_card_refuses_another_tensors_entry(overfit_weights: Path):
-    card = load_card(overfit_weights, "tiny")
-    forged = {**card, "tensors": {**card["tensors"], "sha256": "0" * 64}}
+    card = read_card(overfit_weights, "tiny")
+    forged = dataclasses.replace(card, tensors=dataclasses.replace(card.tensors, sha256="0" * 64))
     with pytest.raises(CheckpointError):
         rewrite_card(overfit_weights, "tiny", forged)
-    assert load_card(overfit_weights, "tiny") == card
+    assert read_card(overfit_weights, "tiny") == card

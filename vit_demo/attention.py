@@ -1,4 +1,4 @@
-"""Attention probabilities from our scratch ViT and from timm ViTs, and maps that explain a prediction.
+"""Maps that explain a prediction, from the attention a model's adapter captures (``adapters``).
 
 Everything here is a pure function of (model, input): no hooks, no change to ``fused_attn``
 or any other module or global state, no patching of timm. Grad mode is switched with context
@@ -12,125 +12,24 @@ as it is.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
-from .model import ViT
+from .adapters import ModelKind, adapter_for
 from .rollout import HEAD_FUSIONS, attention_rollout, cls_map, fuse_heads, grad_rollout
 
-ModelKind = Literal["scratch", "timm"]
 METHODS = ("rollout", "grad", "raw")
 
 
-def check_timm_supported(model: nn.Module) -> None:
-    """Raise ``ValueError`` unless ``model`` is a timm ViT that ``timm_forward_with_attention``
-    reproduces exactly and whose [CLS] token is what the head reads."""
-    # timm imports torchvision on import; only the timm path pays for it.
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"expected a timm VisionTransformer, got {type(model).__name__}")
-    if not model.has_class_token:
-        raise ValueError("this timm ViT has no class token; [CLS] attention maps need one")
-    if model.num_reg_tokens:
-        raise ValueError(f"this timm ViT has {model.num_reg_tokens} register tokens; only a single "
-                         "[CLS] prefix token is supported")
-    if model.global_pool != "token":
-        raise ValueError(f"this timm ViT pools with global_pool={model.global_pool!r}; a [CLS] map "
-                         "explains the prediction only with global_pool='token'")
-    for i, blk in enumerate(model.blocks):
-        if type(blk) is not Block or type(blk.attn) is not Attention:
-            raise ValueError(f"block {i} is {type(blk).__name__} with {type(blk.attn).__name__}; "
-                             "only timm's pre-norm Block with its standard Attention is supported")
-
-
-def _check_eval(model: nn.Module) -> None:
-    if model.training:
-        raise ValueError("the model is in training mode; call model.eval() before collecting attention")
-
-
-def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
-                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run a timm ``VisionTransformer`` through its own submodules, computing attention explicitly.
-
-    Follows ``VisionTransformer.forward_features`` / ``forward_head`` and ``Block.forward`` /
-    ``Attention.forward`` (timm 1.0) step by step, with the softmax attention written out where
-    timm would call ``scaled_dot_product_attention``. The logits equal ``model(x)`` (fused or
-    not) up to float rounding. Works with or without grad; under grad the returned attentions
-    are part of the graph, so d(logit)/d(attention) can be taken.
-
-    Returns:
-        logits (B, classes) and a list with each block's attention probabilities
-        (B, heads, T, T), token 0 = [CLS].
-    """
-    check_timm_supported(model)
-    _check_eval(model)
-    x = model.patch_embed(x)  # (B, N, dim), or (B, rows, cols, dim) with dynamic_img_size
-    x = model._pos_embed(x)  # (B, 1+N, dim)
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    attentions = []
-    for blk in model.blocks:
-        attn_mod = blk.attn
-        y = blk.norm1(x)  # (B, T, dim)
-        B, T, _ = y.shape
-        gate = attn_mod.gate(y).sigmoid() if attn_mod.gate is not None else None
-        qkv = attn_mod.qkv(y).reshape(B, T, 3, attn_mod.num_heads, attn_mod.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
-        attn = ((q * attn_mod.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, T, T)
-        attentions.append(attn)
-        y = attn_mod.attn_drop(attn) @ v  # (B, heads, T, head_dim)
-        y = y.transpose(1, 2).reshape(B, T, attn_mod.attn_dim)  # (B, T, heads*head_dim)
-        y = attn_mod.norm(y)
-        if gate is not None:
-            y = y * gate
-        y = attn_mod.proj_drop(attn_mod.proj(y))  # (B, T, dim)
-        x = x + blk.drop_path1(blk.ls1(y))
-        x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    x = model.norm(x)
-    return model.forward_head(x), attentions
-
-
-def _check_scratch_supported(model: nn.Module) -> None:
-    if not isinstance(model, ViT):
-        raise ValueError(f"expected vit_demo.model.ViT for kind 'scratch', got {type(model).__name__}")
-    if model.cfg.pool != "cls":
-        raise ValueError(f"this ViT pools with pool={model.cfg.pool!r}; a [CLS] map explains the "
-                         "prediction only with pool='cls'")
-
-
-def patch_grid(model: nn.Module, kind: ModelKind, x: torch.Tensor) -> tuple[int, int]:
-    """The (rows, cols) patch grid that ``model`` makes of the images ``x`` (B, C, H, W)."""
-    if kind == "scratch":
-        return tuple(model.grid_size)
-    if kind == "timm":
-        if model.dynamic_img_size:
-            return tuple(model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
-        return tuple(model.patch_embed.grid_size)
-    raise ValueError(f"kind must be 'scratch' or 'timm', got {kind!r}")
-
-
-def forward_with_attention(model: nn.Module, kind: ModelKind, x: torch.Tensor
+def forward_with_attention(model: nn.Module, kind: ModelKind | str, x: torch.Tensor
                            ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
-    """Logits (B, classes), per-layer attention (B, heads, T, T) and the patch grid (rows, cols).
-
-    Runs under whatever grad mode the caller has set. ``kind`` is "scratch" (our ``ViT``, via
-    its ``return_attention`` path) or "timm" (a timm ``VisionTransformer``, via
-    ``timm_forward_with_attention``).
-    """
-    if kind == "scratch":
-        _check_scratch_supported(model)
-        _check_eval(model)
-        logits, attentions = model(x, return_attention=True)
-    elif kind == "timm":
-        logits, attentions = timm_forward_with_attention(model, x)
-    else:
-        raise ValueError(f"kind must be 'scratch' or 'timm', got {kind!r}")
-    grid = patch_grid(model, kind, x)
+    """Logits (B, classes), per-layer attention (B, heads, T, T) and the patch grid (rows, cols),
+    as ``kind``'s adapter captures them, under whatever grad mode the caller has set."""
+    adapter = adapter_for(kind)
+    logits, attentions = adapter.forward_with_attention(model, x)
+    grid = adapter.patch_grid(model, x)
     if attentions[0].shape[-1] != 1 + grid[0] * grid[1]:
         raise ValueError(f"{attentions[0].shape[-1]} tokens do not match [CLS] + a "
                          f"{grid[0]}x{grid[1]} grid")
@@ -145,7 +44,7 @@ class AttentionGradients(NamedTuple):
     target_class: torch.Tensor  # (B,) long
 
 
-def attention_gradients(model: nn.Module, kind: ModelKind, x: torch.Tensor,
+def attention_gradients(model: nn.Module, kind: ModelKind | str, x: torch.Tensor,
                         target_class: int | torch.Tensor | None = None) -> AttentionGradients:
     """Attention and d(logit of the target class)/d(attention) per layer, all detached.
 
@@ -176,7 +75,7 @@ def attention_gradients(model: nn.Module, kind: ModelKind, x: torch.Tensor,
                               [g.detach() for g in gradients], grid, target)
 
 
-def explain(model: nn.Module, kind: ModelKind, x: torch.Tensor, method: str = "rollout",
+def explain(model: nn.Module, kind: ModelKind | str, x: torch.Tensor, method: str = "rollout",
             head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0,
             target_class: int | torch.Tensor | None = None, layer: int | None = None,
             head: int | None = None) -> dict:

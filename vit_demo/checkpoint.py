@@ -1,8 +1,9 @@
-"""Checkpoints: safetensors files with a JSON card, written atomically, read only from one folder.
+"""Checkpoint files: safetensors written atomically, read only from one folder, never unpickled.
 
-A model named ``NAME`` is the pair ``NAME.safetensors`` + ``NAME.json`` inside the weights
-directory. The card is written last, so a pair without a card is an unfinished write and is
-ignored. Nothing here unpickles: safetensors holds tensors and string metadata only.
+A model named ``NAME`` is the pair ``NAME.safetensors`` + ``NAME.json`` (its card, see ``card``)
+inside the weights directory. The card is written last, so a pair without a card is an
+unfinished write and is not listed. Nothing here unpickles: safetensors holds tensors and
+string metadata only.
 """
 
 from __future__ import annotations
@@ -68,16 +69,25 @@ def _not_safetensors(path: Path, exc: Exception) -> CheckpointError:
                            "read only as safetensors, never unpickled")
 
 
-def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    tensors = {}
+def load_tensors(path: Path, expected_shapes: dict[str, tuple[int, ...]] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The tensors and JSON metadata of a safetensors file; ``expected_shapes`` (when given)
+    must match the file's tensors key for key, checked before any tensor is read."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+            if expected_shapes is not None:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                _check_shapes(Path(path).stem, shapes, expected_shapes)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as exc:
         raise _not_safetensors(path, exc) from exc
     return tensors, (json.loads(meta["json"]) if "json" in meta else None)
+
+
+def tensor_count(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as f:
+        return len(list(f.keys()))
 
 
 def sha256(path: Path) -> str:
@@ -88,43 +98,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model(weights_dir: Path, name: str, state_dict: dict[str, torch.Tensor], card: dict,
-               overwrite: bool = False) -> Path:
-    """Write ``name.safetensors`` then ``name.json`` (with the tensors' digest) atomically."""
-    tensors_path = model_path(weights_dir, name, ".safetensors")
-    card_path = model_path(weights_dir, name, ".json")
-    if not overwrite and (tensors_path.exists() or card_path.exists()):
-        raise CheckpointError(f"checkpoint {name!r} exists; choose another name or allow overwriting")
-    save_tensors(tensors_path, state_dict)
-    return save_model_card(weights_dir, name, card)
-
-
-def save_model_card(weights_dir: Path, name: str, card: dict) -> Path:
-    """Write ``name.json`` for the tensors file already at ``name.safetensors``, vouching for it
-    with its digest; the pair is complete from then on. The tensors file's path."""
-    tensors_path = model_path(weights_dir, name, ".safetensors")
-    with safe_open(str(tensors_path), framework="pt") as f:
-        count = len(list(f.keys()))
-    card = {**card, "name": name,
-            "tensors": {"file": tensors_path.name, "sha256": sha256(tensors_path), "count": count}}
-    _write_json(model_path(weights_dir, name, ".json"), card)
-    return tensors_path
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def rewrite_card(weights_dir: Path, name: str, card: dict) -> None:
-    """Atomically replace the card of checkpoint ``name`` (e.g. to add metrics).
-
-    The new card must keep the ``tensors`` entry (file, sha256, count) of the card on disk,
-    so that it still vouches for the same tensors file.
-    """
-    tensors = load_card(weights_dir, name).get("tensors")
-    if not tensors or card.get("tensors") != tensors:
-        raise CheckpointError(f"the new card of {name!r} must keep the tensors entry of the old one")
-    _write_json(model_path(weights_dir, name, ".json"), card)
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def list_models(weights_dir: Path) -> list[str]:
@@ -134,43 +109,6 @@ def list_models(weights_dir: Path) -> list[str]:
         return []
     return sorted(p.stem for p in root.glob("*.json")
                   if NAME_RE.match(p.stem) and (root / f"{p.stem}.safetensors").is_file())
-
-
-def load_card(weights_dir: Path, name: str) -> dict:
-    path = model_path(weights_dir, name, ".json")
-    if not path.is_file():
-        raise CheckpointError(f"no card {path.name} in {Path(weights_dir).resolve()}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"card {path.name} is not valid JSON: {exc}") from exc
-
-
-def load_model_tensors(weights_dir: Path, name: str,
-                       expected_shapes: dict[str, tuple[int, ...]] | None = None
-                       ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and card of ``name``, checked against each other before any tensor is read.
-
-    ``expected_shapes`` (from the model the card describes) must match the file's tensors
-    key for key; the file's digest must match the card's.
-    """
-    card = load_card(weights_dir, name)
-    path = model_path(weights_dir, name, ".safetensors")
-    if not path.is_file():
-        raise CheckpointError(f"card {name}.json has no tensors file {path.name}")
-    digest = card.get("tensors", {}).get("sha256")
-    if digest != sha256(path):
-        raise CheckpointError(f"{path.name} does not match its card {name}.json (sha256 differs): "
-                              "the pair was not written together")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            if expected_shapes is not None:
-                _check_shapes(name, shapes, expected_shapes)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as exc:
-        raise _not_safetensors(path, exc) from exc
-    return tensors, card
 
 
 def _check_shapes(name: str, found: dict, expected: dict) -> None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import os
+import re
 import sys
-from dataclasses import asdict, replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 
-from .checkpoint import default_weights_dir, save_model
+from .adapters import ModelKind
+from .card import AccuracyMetrics, Metrics, ModelCard, Origin, Recipe, Training, save_model
+from .checkpoint import default_weights_dir
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
 from .evaluate import model_metrics, save_confusion_png, store_metrics
 from .model import PRESETS, ViT, deepen
@@ -21,27 +26,37 @@ from .train import Progress, TrainConfig, Trainer, evaluate
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "artifacts"
 
 
+def add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """One option per field of the dataclass ``config``: ``--field-name`` with the field's
+    default and type (choices for a ``Literal``, ``--x/--no-x`` for a bool), its help the
+    comment after the field in the source."""
+    helps = {name: text.replace("%", "%%") for name, text in
+             re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", inspect.getsource(config), re.M)}
+    for f, hint in zip(fields(config), get_type_hints(config).values()):
+        flag, kwargs = f"--{f.name.replace('_', '-')}", {"default": f.default, "help": helps.get(f.name)}
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif get_origin(hint) is Literal:
+            parser.add_argument(flag, choices=get_args(hint), **kwargs)
+        else:
+            parser.add_argument(flag, type=next(t for t in get_args(hint) or (hint,)
+                                                if t is not type(None)), **kwargs)
+
+
+def config_from_args(config: type, args: argparse.Namespace):
+    """The dataclass ``config`` from the options ``add_config_options`` declared."""
+    return config(**{f.name: getattr(args, f.name) for f in fields(config)})
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
     p.add_argument("--preset", default="cifar10-192x9/4", choices=sorted(PRESETS))
     p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
                    "weights folder (deepened to the preset's depth when it is shallower)")
-    p.add_argument("--epochs", type=float, default=TrainConfig.epochs)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    p.add_argument("--warmup-epochs", type=float, default=TrainConfig.warmup_epochs)
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--crop", default=TrainConfig.crop, choices=("pad", "resized"))
-    p.add_argument("--crop-scale", type=float, default=TrainConfig.crop_scale)
-    p.add_argument("--mixup", type=float, default=TrainConfig.mixup)
-    p.add_argument("--cutmix", type=float, default=TrainConfig.cutmix)
+    add_config_options(p, TrainConfig)
     p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-images", type=int, default=None,
                    help="validate on only the first N validation images (0: no validation)")
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
-    p.add_argument("--compile", action="store_true")
     p.add_argument("--data-dir", default=None, help="folder with cifar10_{train,test}.npz "
                    "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
     p.add_argument("--resume", type=Path, default=None,
@@ -73,23 +88,20 @@ def cmd_train(args) -> dict:
     device = _setup_distributed()
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     model_cfg = PRESETS[args.preset]
-    cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                      lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                      seed=args.seed, crop=args.crop, crop_scale=args.crop_scale,
-                      mixup=args.mixup, cutmix=args.cutmix,
-                      checkpoint_every=args.checkpoint_every, compile=args.compile)
+    cfg = config_from_args(TrainConfig, args)
     train, val = train_val_split(load_cifar10("train", args.data_dir))
     if args.train_images:
         train = train.subset(torch.arange(min(args.train_images, len(train))))
     if args.val_images is not None:
         val = val.subset(torch.arange(min(args.val_images, len(val))))
     torch.manual_seed(cfg.seed)
-    model = ViT(model_cfg)
+    model, origin = ViT(model_cfg), None
     if args.init_from:
-        start, *_ = load_checkpoint(args.out or default_weights_dir(), args.init_from)
+        start, _, _, start_card = load_checkpoint(args.out or default_weights_dir(), args.init_from)
         if replace(start.cfg, depth=model_cfg.depth) != model_cfg:
             raise SystemExit(f"{args.init_from} is not the preset {args.preset} but for its depth")
         model = deepen(start, model_cfg.depth)
+        origin = Origin.of(start_card, how=f"model.deepen: {start.cfg.depth} to {model_cfg.depth} blocks")
     bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
 
     def report(p: Progress) -> None:
@@ -110,20 +122,13 @@ def cmd_train(args) -> dict:
     summary = {"step": result.step, "total_steps": result.total_steps, "history": result.history}
     if rank0 and args.name and not result.cancelled and result.step == trainer.end_step:
         test = evaluate(model, load_cifar10("test", args.data_dir), CIFAR10_DATA_CONFIG, device)
-        card = {
-            "arch": "scratch-vit", "preset": args.preset, "model_config": model_cfg.to_dict(),
-            "data_config": CIFAR10_DATA_CONFIG.to_dict(), "classes": list(CLASSES),
-            "params": model.num_params(), "init_from": args.init_from,
-            "recipe": {**asdict(cfg), "train_images": len(train), "val_images": len(val),
-                       "augment": "random crop (reflect pad 4) + horizontal flip",
-                       "optimizer": "AdamW", "schedule": "linear warm-up, cosine",
-                       "precision": "bf16 autocast" if device.type == "cuda" else "fp32"},
-            "training": {"device": str(device), "history": result.history,
-                         "wall_s_last_run": round(result.wall_s, 1),
-                         "steps_last_run": result.step - already},
-            "metrics": {"test": test},
-            "date": dt.date.today().isoformat(),
-        }
+        card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model.num_params(),
+                         model_config=model_cfg, preset=args.preset, origin=origin,
+                         recipe=Recipe.of(cfg, len(train), len(val), device),
+                         training=Training.of(str(device), result.history, result.wall_s,
+                                              steps_last_run=result.step - already),
+                         metrics=Metrics(test=AccuracyMetrics.from_dict(test)),
+                         date=dt.date.today().isoformat())
         path = save_model(args.out or default_weights_dir(), args.name,
                           model.state_dict(), card, overwrite=args.overwrite)
         print(f"test accuracy {test['accuracy']:.4f}; wrote {path}")
@@ -147,29 +152,29 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
 
 
-def cmd_evaluate(args) -> dict:
+def cmd_evaluate(args) -> Metrics:
     """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
     if args.threads:
         torch.set_num_threads(args.threads)
     weights_dir = args.weights_dir or default_weights_dir()
     model, _, data_cfg, card = load_checkpoint(weights_dir, args.name)
-    classes = tuple(card.get("classes", CLASSES))
+    classes = card.classes
     test = load_cifar10("test", args.data_dir)
     full = len(test)
     if args.limit:
         test = test.subset(torch.arange(min(args.limit, full)))
     metrics = model_metrics(model, test, data_cfg, len(classes))
-    result = metrics["test"]
+    result = metrics.test
     subset = "" if len(test) == full else f", the first {len(test)} of {full}"
-    print(f"{args.name}: test accuracy {result['accuracy']:.4f} ({len(test)} images{subset})")
-    for name, acc in zip(classes, result["per_class_accuracy"]):
+    print(f"{args.name}: test accuracy {result.accuracy:.4f} ({len(test)} images{subset})")
+    for name, acc in zip(classes, result.per_class_accuracy):
         print(f"  {name:<12} {acc:.4f}")
-    print(f"params {metrics['params']:,}; {metrics['flops_per_image'] / 1e6:.1f} MFLOPs per image; "
-          f"CPU latency {metrics['cpu_latency_ms']:.2f} ms per image "
-          f"(median, {metrics['cpu_threads']} torch threads)")
-    png = save_confusion_png(result["confusion"], classes,
+    print(f"params {metrics.params:,}; {metrics.flops_per_image / 1e6:.1f} MFLOPs per image; "
+          f"CPU latency {metrics.cpu_latency_ms:.2f} ms per image "
+          f"(median, {metrics.cpu_threads} torch threads)")
+    png = save_confusion_png(result.confusion, classes,
                              args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png",
-                             title=f"{args.name}: accuracy {result['accuracy']:.2%} "
+                             title=f"{args.name}: accuracy {result.accuracy:.2%} "
                                    f"on {len(test)} test images")
     print(f"wrote {png}")
     if args.update_card:
@@ -221,14 +226,18 @@ def cmd_inside(args) -> dict:
     return numbers
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vit_demo")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _evaluate_parser(sub)
     _deploy_parser(sub)
     _inside_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "train":
         cmd_train(args)
     elif args.command == "evaluate":

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .checkpoint import CheckpointError, load_card
+from .card import read_card
+from .checkpoint import CheckpointError
 from .registry import READY, UNAVAILABLE, Registry
 
 
@@ -29,24 +30,22 @@ def figures(registry: Registry, key: str) -> ModelFigures:
     label = status.label
     if status.state == UNAVAILABLE:
         return ModelFigures(key, label, False, f"unavailable: {status.reason}")
-    if not status.source.startswith("weights/"):
+    folder, name = registry.source(key)
+    if folder != registry.weights_dir:
         state = "loaded" if status.state == READY else status.state
         return ModelFigures(key, label, True,
                             f"weights from {status.source} ({state}); no card with measured figures: "
                             "fine-tune or evaluate it locally to add one")
-    name = status.source.removeprefix("weights/").removesuffix(".safetensors")
     try:
-        card = load_card(registry.weights_dir, name)
+        card = read_card(folder, name)
     except CheckpointError as exc:
         return ModelFigures(key, label, False, str(exc))
-    metrics = card.get("metrics", {})
-    test = metrics.get("test", {})
-    if not test:
+    metrics, test = card.metrics, card.metrics.test
+    if test is None:
         return ModelFigures(key, label, True, f"card {name}.json has no measured figures yet: run "
                             f"`python -m vit_demo evaluate --name {name} --update-card`")
     return ModelFigures(
-        key, label, True, f"measured {metrics.get('date', card.get('date', '?'))}, card {name}.json",
-        test.get("accuracy"), test.get("images"), test.get("per_class_accuracy"),
-        test.get("confusion"), metrics.get("params", card.get("params")),
-        metrics.get("flops_per_image"), metrics.get("cpu_latency_ms"))
-
+        key, label, True, f"measured {metrics.date or card.date or '?'}, card {name}.json",
+        test.accuracy, test.images, list(test.per_class_accuracy),
+        [list(row) for row in test.confusion], metrics.params or card.params,
+        metrics.flops_per_image, metrics.cpu_latency_ms)

@@ -57,7 +57,8 @@ class Split:
 def load_cifar10(split: str, data_dir: str | os.PathLike | None = None,
                  download: bool = True) -> Split:
     """The ``"train"`` (50k) or ``"test"`` (10k) split of CIFAR-10 as uint8 tensors."""
-    assert split in ("train", "test"), split
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown CIFAR-10 split {split!r}: use 'train' or 'test'")
     root = resolve_data_dir(data_dir)
     if root is not None:
         npz = root / f"cifar10_{split}.npz"

@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .checkpoint import rewrite_card
+from .card import AccuracyMetrics, Metrics, ModelCard, rewrite_card
 from .data import DataConfig, Split
 from .train import evaluate
 
@@ -73,29 +74,28 @@ def cpu_latency_ms(model: nn.Module, data_cfg: DataConfig, runs: int = 50, warmu
 
 
 def model_metrics(model: nn.Module, test: Split, data_cfg: DataConfig, num_classes: int,
-                  latency_runs: int = 50) -> dict:
+                  latency_runs: int = 50) -> Metrics:
     """Everything the card's ``metrics`` holds, for ``model`` on the CPU and the images ``test``."""
     cpu = torch.device("cpu")
-    return {
-        "test": evaluate(model, test, data_cfg, cpu, num_classes=num_classes),
-        "params": param_count(model),
-        "flops_per_image": flops_per_image(model, data_cfg),
-        "cpu_latency_ms": round(cpu_latency_ms(model, data_cfg, runs=latency_runs), 3),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": dt.date.today().isoformat(),
-    }
+    return Metrics(
+        test=AccuracyMetrics.from_dict(evaluate(model, test, data_cfg, cpu, num_classes=num_classes)),
+        params=param_count(model),
+        flops_per_image=flops_per_image(model, data_cfg),
+        cpu_latency_ms=round(cpu_latency_ms(model, data_cfg, runs=latency_runs), 3),
+        cpu_threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        date=dt.date.today().isoformat(),
+    )
 
 
-def store_metrics(weights_dir: Path, card: dict, metrics: dict) -> dict:
-    """Merge ``metrics`` into ``card["metrics"]`` and rewrite the card (of checkpoint
-    ``card["name"]``) atomically.
+def store_metrics(weights_dir: Path, card: ModelCard, metrics: Metrics) -> ModelCard:
+    """Rewrite the card (of checkpoint ``card.name``) atomically with ``metrics``.
 
     ``card`` is the card the evaluated model was loaded with: the rewrite fails if the
     checkpoint on disk has been replaced since, so metrics never land on other tensors.
     """
-    updated = {**card, "metrics": {**card.get("metrics", {}), **metrics}}
-    rewrite_card(weights_dir, card["name"], updated)
+    updated = replace(card, metrics=metrics)
+    rewrite_card(weights_dir, card.name, updated)
     return updated
 
 

@@ -8,7 +8,8 @@
 
 Plain functions, torch only, for both kinds of model (our ``ViT`` and timm's
 ``VisionTransformer``): both keep the patch embedding as ``patch_embed.proj`` (a convolution
-with kernel = stride = patch size) and the position embedding as ``pos_embed``.
+with kernel = stride = patch size) and the position embedding as ``pos_embed``; their grids
+and attention come from the model's adapter (``adapters``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import ModelKind, forward_with_attention
+from .adapters import ModelKind
+from .attention import forward_with_attention
 
 COMPONENTS = 28  # as many filters as the paper's figure shows
 
@@ -38,15 +40,6 @@ def patch_size(model: nn.Module) -> tuple[int, int]:
     """(height, width) in pixels of one patch (the embedding convolution's kernel)."""
     ph, pw = patch_embedding_weight(model).shape[-2:]
     return int(ph), int(pw)
-
-
-def embedding_grid(model: nn.Module, kind: ModelKind) -> tuple[int, int]:
-    """The (rows, cols) patch grid the position embedding was learned for."""
-    if kind == "scratch":
-        return tuple(model.grid_size)
-    if kind == "timm":
-        return tuple(model.patch_embed.grid_size)
-    raise ValueError(f"kind must be 'scratch' or 'timm', got {kind!r}")
 
 
 def patch_position_embedding(model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
@@ -123,7 +116,7 @@ def uniform_attention_distance(grid: tuple[int, int], patch: tuple[int, int]) ->
     return float(patch_distances(grid, patch).mean())
 
 
-def attention_distance_over(model: nn.Module, kind: ModelKind, x: torch.Tensor,
+def attention_distance_over(model: nn.Module, kind: ModelKind | str, x: torch.Tensor,
                             batch_size: int = 8) -> torch.Tensor:
     """Mean attention distance (layers, heads) of ``model`` over the preprocessed images ``x``
     (B, C, H, W), in batches of ``batch_size`` (every layer's attention of a batch is held at

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attention import ModelKind
-from .inside import (FilterComponents, attention_distance_over, embedding_grid, filter_components,
+from .adapters import ModelKind, adapter_for
+from .inside import (FilterComponents, attention_distance_over, filter_components,
                      patch_embedding_weight, patch_position_embedding, patch_size,
                      position_similarity, similarity_by_grid_distance, uniform_attention_distance)
 
@@ -151,19 +151,19 @@ def distance_png(distance: torch.Tensor, uniform: float, title: str, source: str
     return _png(fig)
 
 
-def weight_figures(model: nn.Module, kind: ModelKind, title: str) -> WeightFigures:
+def weight_figures(model: nn.Module, kind: ModelKind | str, title: str) -> WeightFigures:
     """The patch-embedding filters and the position-embedding similarity of ``model``."""
-    grid = embedding_grid(model, kind)
+    grid = adapter_for(kind).embedding_grid(model)
     components = filter_components(patch_embedding_weight(model))
     similarity = position_similarity(patch_position_embedding(model, grid), grid)
     return WeightFigures(components, similarity, similarity_by_grid_distance(similarity),
                          filters_png(components, title), positions_png(similarity, title))
 
 
-def distance_figure(model: nn.Module, kind: ModelKind, x: torch.Tensor, source: str, title: str
+def distance_figure(model: nn.Module, kind: ModelKind | str, x: torch.Tensor, source: str, title: str
                     ) -> DistanceFigure:
     """The mean attention distance of ``model`` over the preprocessed images ``x`` (B, C, H, W),
     described in words as ``source``."""
     distance = attention_distance_over(model, kind, x)
-    uniform = uniform_attention_distance(embedding_grid(model, kind), patch_size(model))
+    uniform = uniform_attention_distance(adapter_for(kind).embedding_grid(model), patch_size(model))
     return DistanceFigure(distance, uniform, len(x), source, distance_png(distance, uniform, title, source))

@@ -8,7 +8,7 @@ and the two can be checked against each other.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -33,26 +33,16 @@ class ViTConfig:
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm's value)
 
     def __post_init__(self) -> None:
-        assert self.image_size % self.patch_size == 0, "image_size must be a multiple of patch_size"
-        assert self.dim % self.heads == 0, "dim must be a multiple of heads"
-        assert self.pool in ("cls", "mean"), f"unknown pool {self.pool!r}"
+        if self.image_size % self.patch_size or self.dim % self.heads or self.pool not in ("cls", "mean"):
+            raise ValueError(f"invalid ViTConfig: image_size ({self.image_size}) must be a multiple of "
+                             f"patch_size ({self.patch_size}), dim ({self.dim}) a multiple of heads "
+                             f"({self.heads}), and pool ({self.pool!r}) 'cls' or 'mean'")
 
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (rows, columns)."""
         side = self.image_size // self.patch_size
         return side, side
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ViTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ViTConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Presets named "<data set>-<width>x<depth>/<patch>"; the ImageNet shapes keep the ViT paper's

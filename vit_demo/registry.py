@@ -3,7 +3,8 @@
 A model's key is its identity everywhere: ``scratch`` and ``vit-b16`` are the app's own
 models, read-only, from the shipped ``weights/`` folder (ViT-B/16 from the Hugging Face hub
 when weights/ has no ``vit-b16-cifar10``); every other key is a fine-tuned checkpoint's name in
-the fine-tune folder. Two kinds of model (``ModelKind``):
+the fine-tune folder. Two kinds of model (``ModelKind``; what differs between them is behind
+each kind's ``ModelAdapter``, in ``adapters``):
 - ``scratch``: our ``ViT``;
 - ``timm``: timm's ``vit_base_patch16_224`` with a 10-class head.
 The hub download runs in a background thread, so the app starts without it; offline it becomes
@@ -18,15 +19,15 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, default_weights_dir, list_models, load_card, load_model_tensors
-from .data import CIFAR10_DATA_CONFIG, CLASSES, DataConfig
+from .adapters import ModelAdapter, ModelKind, adapter_for
+from .card import ModelCard, load_model_tensors, read_card
+from .checkpoint import CheckpointError, default_weights_dir, list_models
+from .data import CLASSES, DataConfig
 from .hub import HUB_PREFIX, VITB16_HUB_REPO, HubUnavailable, load_hub_vit
-from .model import ViT, ViTConfig
 
 SCRATCH = "scratch"  # registry key of the shipped scratch model
 VITB16 = "vit-b16"  # registry key of the ViT-B/16 (shipped checkpoint, else the hub)
@@ -38,20 +39,6 @@ VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
 
 READY, LOADING, UNAVAILABLE, NOT_LOADED = "ready", "loading", "unavailable", "not loaded"
-
-
-class ModelKind(str, Enum):
-    SCRATCH = "scratch"  # our ViT (card arch "scratch-vit")
-    TIMM = "timm"  # timm's VisionTransformer (card arch "timm")
-
-    @classmethod
-    def of_arch(cls, arch: str | None) -> "ModelKind":
-        """The kind a card's ``arch`` names."""
-        if arch == "scratch-vit":
-            return cls.SCRATCH
-        if arch == "timm":
-            return cls.TIMM
-        raise CheckpointError(f"unknown arch {arch!r}")
 
 
 class ModelUnavailable(RuntimeError):
@@ -67,7 +54,12 @@ class LoadedModel:
     data_cfg: DataConfig
     classes: tuple[str, ...]
     source: str  # where the weights came from
-    card: dict | None  # the checkpoint card (None for hub weights)
+    card: ModelCard | None  # the checkpoint card (None for hub weights)
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The model interface of its kind (blocks, heads, grids, attention)."""
+        return adapter_for(self.kind)
 
 
 @dataclass(frozen=True)
@@ -85,34 +77,14 @@ def hub_name() -> str:
     return name if name.startswith(HUB_PREFIX) else f"{HUB_PREFIX}{name}"
 
 
-def build_timm(card: dict) -> nn.Module:
-    import timm
-
-    return timm.create_model(card["timm_name"], pretrained=False,
-                             num_classes=len(card["classes"]), **card.get("timm_kwargs", {}))
-
-
-def timm_data_config(model: nn.Module) -> DataConfig:
-    import timm
-
-    return DataConfig.from_dict(timm.data.resolve_model_data_config(model))
-
-
-def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, ModelKind, DataConfig, dict]:
+def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, ModelKind, DataConfig, ModelCard]:
     """Model, kind, data config and card of checkpoint ``name`` in ``weights_dir``."""
-    card = load_card(weights_dir, name)
-    try:
-        kind = ModelKind.of_arch(card.get("arch"))
-    except CheckpointError as exc:
-        raise CheckpointError(f"card {name}.json: {exc}") from exc
-    model = (ViT(ViTConfig.from_dict(card["model_config"])) if kind is ModelKind.SCRATCH
-             else build_timm(card))
+    card = read_card(weights_dir, name)
+    model = adapter_for(card.kind).build(card)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tensors, card = load_model_tensors(weights_dir, name, shapes)
     model.load_state_dict(tensors)
-    data_cfg = DataConfig.from_dict(card["data_config"]) if "data_config" in card else (
-        CIFAR10_DATA_CONFIG if kind is ModelKind.SCRATCH else timm_data_config(model))
-    return model.eval(), kind, data_cfg, card
+    return model.eval(), card.kind, card.data_config, card
 
 
 class Registry:
@@ -171,7 +143,7 @@ class Registry:
         if folder is None:
             return ModelKind.TIMM
         try:
-            return ModelKind.of_arch(load_card(folder, name).get("arch"))
+            return read_card(folder, name).kind
         except CheckpointError:
             return ModelKind.TIMM if key == VITB16 else ModelKind.SCRATCH
 
@@ -256,8 +228,8 @@ class Registry:
         folder, name = self.source(key)
         if folder is not None:
             model, kind, data_cfg, card = load_checkpoint(folder, name)
-            return LoadedModel(key, self.label(key), kind, model, data_cfg,
-                               tuple(card.get("classes", CLASSES)), self.describe_source(key), card)
+            return LoadedModel(key, self.label(key), kind, model, data_cfg, card.classes,
+                               self.describe_source(key), card)
         if not self.allow_hub:
             raise ModelUnavailable("hub downloads are switched off")
         model, data_cfg = load_hub_vit(name)

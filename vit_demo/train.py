@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,11 @@ import torch.nn.functional as F
 from .checkpoint import load_tensors, save_tensors
 from .data import (DataConfig, Split, mix_batch, preprocess_batch, random_crop_flip,
                    random_resized_crop_flip)
+
+
+OPTIMIZER = "AdamW"  # what ``Trainer`` steps with, in a card's words
+SCHEDULE = "linear warm-up, cosine"  # what ``lr_at`` computes, in a card's words
+Crop = Literal["pad", "resized"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     augment: bool = True  # a random crop and a horizontal flip, per batch
-    crop: str = "pad"  # "pad": reflect-pad 4 px, crop 32 px; "resized": random-resized crop
+    crop: Crop = "pad"  # "pad": reflect-pad 4 px, crop 32 px; "resized": random-resized crop
     crop_scale: float = 0.35  # smallest area fraction a "resized" crop keeps
     mixup: float = 0.0  # Beta(alpha, alpha) blend of image pairs and their labels; 0: off
     cutmix: float = 0.0  # Beta(alpha, alpha) box pasted from another image; 0: off
@@ -49,10 +54,24 @@ class TrainConfig:
     eval_batch_size: int = 500  # validation batch; a stop is seen between batches
     freeze_backbone: bool = False  # train the classifier head only
 
+    def __post_init__(self) -> None:
+        if self.crop not in get_args(Crop):
+            raise ValueError(f"unknown crop {self.crop!r}: use one of {', '.join(get_args(Crop))}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def describe(self) -> dict[str, str]:
+        """The augmentation, optimizer and schedule of this config in words (for a card)."""
+        crop = (f"random-resized crop (area {self.crop_scale:g}-1)" if self.crop == "resized"
+                else "random crop (reflect pad 4)")
+        mixes = [f"{name} (alpha {alpha:g})" for name, alpha in (("mixup", self.mixup),
+                                                                 ("cutmix", self.cutmix)) if alpha > 0]
+        words = ([f"{crop} + horizontal flip"] if self.augment else []) + (
+            [" or ".join(mixes) + " per batch"] if mixes else [])
+        return {"augment": ", ".join(words) or "none", "optimizer": OPTIMIZER, "schedule": SCHEDULE}
 
 
 @dataclass
@@ -134,6 +153,11 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def precision(device: torch.device | str) -> str:
+    """What ``_autocast`` computes in on ``device``, in a card's words."""
+    return "bf16 autocast" if torch.device(device).type == "cuda" else "fp32"
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -168,15 +192,17 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        assert cfg.batch_size % self.world == 0, "batch_size must be a multiple of the world size"
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} is not a multiple of the "
+                             f"{self.world} data-parallel processes")
         if cfg.freeze_backbone:
             for name, p in self.model.named_parameters():
                 p.requires_grad = name.startswith(head + ".")
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay),
                                            lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(train) // cfg.batch_size
-        assert self.steps_per_epoch > 0, "fewer training images than one batch"
-        assert cfg.crop in ("pad", "resized"), f"unknown crop {cfg.crop!r}"
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training images do not fill one batch of {cfg.batch_size}")
         self.total_steps = max(1, round(cfg.epochs * self.steps_per_epoch))
         self.end_step = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.warmup_steps = max(1, round(cfg.warmup_epochs * self.steps_per_epoch))

@@ -2,8 +2,8 @@
 ``train_job`` trains, saves the weights, tests, as a generator of ``(kind, value)`` events:
 
 ``("log", str)``, ``("started", dict)``, ``("baseline", dict)`` (validation accuracy before
-this run's first step), ``("progress", dict)`` per optimizer step, ``("saved", dict)`` once the
-weights are on disk, ``("testing", dict)`` per test batch, ``("result", dict)`` with the test
+this run's first step), ``("progress", dict)`` per optimizer step, ``("saved", ModelCard)`` (the
+card, untested) once the weights are on disk, ``("testing", dict)`` per test batch, ``("result", dict)`` with the test
 metrics, or ``("error", str)``. Closing the generator cancels the job at its next event; a
 ``cancel`` event (when the job runs in this process) stops it sooner, between batches.
 """
@@ -11,6 +11,7 @@ metrics, or ``("error", str)``. Closing the generator cancels the job at its nex
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import queue
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..card import ModelCard, Origin, Recipe, Training
 from ..checkpoint import save_tensors
 from ..hub import FINETUNE_BASE
 from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
@@ -49,15 +51,14 @@ class Prepared:
     """Everything the GPU part of a job needs, built before it."""
     request: FinetuneRequest
     model: nn.Module  # on the CPU, training mode
-    data_cfg: DataConfig
-    arch: dict  # the architecture part of the card
+    card: ModelCard  # what the model is (kind, architecture, input, origin); training adds the rest
     train: Split
     val: Split
     test: Split
 
 
-def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module, DataConfig, dict]:
-    """The base model (training mode), its input config and the architecture part of the card."""
+def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module, ModelCard]:
+    """The base model (training mode) and what its card says before training."""
     if request.base == VITB16:
         import timm
 
@@ -77,27 +78,27 @@ def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module,
         # The whole 32 px image is resized to the input size, in training as at inference.
         data_cfg = dataclasses.replace(
             DataConfig.from_dict(timm.data.resolve_model_data_config(model)), crop_pct=1.0)
-        arch = {"arch": "timm", "timm_name": model.pretrained_cfg.get("architecture", name),
-                "pretrained": name}
-        return model.train(), data_cfg, arch
+        return model.train(), ModelCard(
+            ModelKind.TIMM, CLASSES, data_cfg,
+            timm_name=model.pretrained_cfg.get("architecture", name), pretrained=name)
     folder, name = registry.source(request.base)
     if folder is None or registry.kind(request.base) is not ModelKind.SCRATCH:
         raise JobError(f"base {request.base!r} is not a scratch ViT")
-    model, _, data_cfg, card = load_checkpoint(folder, name)
-    arch = {"arch": "scratch-vit", "model_config": card["model_config"],
-            "base_checkpoint": {"name": request.base, "sha256": card["tensors"]["sha256"]}}
-    return model.train(), data_cfg, arch
+    model, _, _, card = load_checkpoint(folder, name)
+    return model.train(), ModelCard(ModelKind.SCRATCH, CLASSES, card.data_config,
+                                    model_config=card.model_config, preset=card.preset,
+                                    origin=Origin.of(card))
 
 
 def prepare(request: FinetuneRequest, registry: Registry, data_dir: str | None) -> Prepared:
     """The base model and the data subsets of ``request``."""
-    model, data_cfg, arch = build_base(request, registry)
+    model, card = build_base(request, registry)
     train, val = train_val_split(load_cifar10("train", data_dir, download=False))
     test = load_cifar10("test", data_dir, download=False)
     if request.train_images > len(train) or request.val_images > len(val):
         raise JobError(f"the data set has only {len(train)} training and {len(val)} "
                        "validation images")
-    return Prepared(request, model, data_cfg, arch, train.subset(torch.arange(request.train_images)),
+    return Prepared(request, model, card, train.subset(torch.arange(request.train_images)),
                     val.subset(torch.arange(request.val_images)),
                     test.subset(torch.arange(min(request.test_images, len(test)))))
 
@@ -149,7 +150,7 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
     try:
         device = torch.device(training_device())
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        request, model, data_cfg = job.request, job.model, job.data_cfg
+        request, model, data_cfg = job.request, job.model, job.card.data_config
         yield "log", (f"device: {device_name}; base: {request.base} "
                       f"({sum(p.numel() for p in model.parameters()):,} parameters), "
                       f"input {data_cfg.input_size[1]} px")
@@ -170,9 +171,13 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
         if result.cancelled:
             return
         save_tensors(Path(tensors_path), model.state_dict())
-        yield "saved", {"params": sum(p.numel() for p in model.parameters()), "trainable": trainable,
-                        "config": asdict(cfg), "history": result.history, "wall_s": result.wall_s,
-                        "steps": result.step, "device": device_name, "device_type": device.type}
+        yield "saved", dataclasses.replace(
+            job.card, params=sum(p.numel() for p in model.parameters()),
+            recipe=Recipe.of(cfg, len(job.train), len(job.val), device, base=request.base,
+                             test_images=len(job.test), trainable_params=trainable),
+            training=Training.of(device_name, result.history, result.wall_s, steps=result.step,
+                                 source="fine-tune tab"),
+            date=dt.date.today().isoformat())
         confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.long)
         for i in range(0, len(job.test), cfg.eval_batch_size):
             confusion += confusion_matrix(model, job.test.subset(

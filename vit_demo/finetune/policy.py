@@ -18,6 +18,7 @@ IMAGES_PER_S = {
     ("cuda", ModelKind.TIMM): (400.0, 1_200.0),
 }
 FROZEN_SPEEDUP = 3.0  # a frozen backbone needs no backward pass through it
+CPU_EVAL_BATCH = {ModelKind.SCRATCH: 500, ModelKind.TIMM: 8}  # ViT-B/16: about 2 s a batch
 
 
 def training_device() -> str:
@@ -45,4 +46,4 @@ def estimate_s(request: FinetuneRequest, device: str, setup: bool = True) -> flo
 
 def eval_batch_size(kind: ModelKind, device: str) -> int:
     """Evaluation batch: a few seconds of work at most, so that a stop lands within seconds."""
-    return 500 if device == "cuda" or kind is ModelKind.SCRATCH else 8
+    return 500 if device == "cuda" else CPU_EVAL_BATCH[kind]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import tempfile
@@ -24,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import save_model_card
+from ..card import AccuracyMetrics, Metrics, ModelCard, write_card
 from ..data import CLASSES
 from ..registry import VITB16, ModelKind, Registry
 from ..settings import Settings
@@ -265,7 +264,7 @@ class JobRunner:
                                  + (f"; starting the same job again resumes from step {last}"
                                     if last else ""))
             state_path.unlink(missing_ok=True)
-            self._save_card(request, name, saved, test)
+            self._save_card(name, saved, test)
         except Exception as exc:
             self.store.tensors_path(name).unlink(missing_ok=True)
             message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -296,9 +295,9 @@ class JobRunner:
         return (self._state.step // every) * every
 
     def _run(self, job, state_path: Path, name: str, cancel: threading.Event
-             ) -> tuple[dict | None, dict | None]:
-        """Iterate the job body: (what was saved, the test metrics); (None, None) when stopped
-        before the weights were saved, (saved, None) when stopped after."""
+             ) -> tuple[ModelCard | None, dict | None]:
+        """Iterate the job body: (the untested card of the saved weights, the test metrics);
+        (None, None) when stopped before the weights were saved, (card, None) when stopped after."""
         gpu_s = gpu_seconds(estimate_s(job.request, "cuda", setup=False), self.settings.zerogpu_max_s)
         events = run_train_job(job, str(state_path), str(self.store.tensors_path(name)),
                                None if on_zero_gpu() else cancel, gpu_s=gpu_s)
@@ -309,7 +308,7 @@ class JobRunner:
                     raise JobError(value)
                 self._on_event(kind, value, cancel)
                 if kind == "saved":
-                    saved = {**value, "arch": job.arch, "data_config": job.data_cfg.to_dict()}
+                    saved = value
                 elif kind == "result":
                     test = value["test"]
                 if cancel.is_set():
@@ -364,26 +363,12 @@ class JobRunner:
             else:
                 self._changed()
 
-    def _save_card(self, request: FinetuneRequest, name: str, saved: dict, test: dict | None) -> None:
+    def _save_card(self, name: str, card: ModelCard, test: dict | None) -> None:
         """Write the card (the pair is then complete), evict beyond the cap, make it usable."""
         self._update(status=SAVING)
-        card = {
-            **saved["arch"], "data_config": saved["data_config"], "classes": list(CLASSES),
-            "params": saved["params"],
-            "recipe": {**saved["config"], "base": request.base, "train_images": request.train_images,
-                       "val_images": request.val_images, "test_images": request.test_images,
-                       "trainable_params": saved["trainable"],
-                       "augment": "random crop (reflect pad 4) + horizontal flip, 32 px, then "
-                                  "resized to the input size",
-                       "optimizer": "AdamW", "schedule": "linear warm-up (10 %), cosine",
-                       "precision": "bf16 autocast" if saved["device_type"] == "cuda" else "fp32"},
-            "training": {"device": saved["device"], "history": saved["history"],
-                         "wall_s_last_run": round(saved["wall_s"], 1), "steps": saved["steps"],
-                         "source": "fine-tune tab"},
-            "metrics": {"test": test} if test else {},
-            "date": dt.date.today().isoformat(),
-        }
-        save_model_card(self.store.folder, name, card)
+        if test:
+            card = dataclasses.replace(card, metrics=Metrics(test=AccuracyMetrics.from_dict(test)))
+        write_card(self.store.folder, name, card)
         for old in self.store.added(name):
             self.registry.forget(old)
             self._update(log=f"removed the oldest fine-tuned model {old!r} (this server keeps "

@@ -96,12 +96,6 @@ def settings_from(method: str, head_fusion: str, discard_ratio: float, start_lay
                     _number(opacity, "Opacity"), bool(grid), view, bool(faithfulness_all))
 
 
-def depth_and_heads(loaded: LoadedModel) -> tuple[int, int]:
-    """Number of encoder blocks and attention heads per block of a loaded model."""
-    attn = loaded.model.blocks[0].attn
-    return len(loaded.model.blocks), attn.num_heads if loaded.kind == "timm" else attn.heads
-
-
 def target_index(settings: Settings, loaded: LoadedModel) -> int | None:
     """The target class index for the gradient method (None: the predicted class)."""
     if settings.method != "grad" or settings.target_class == PREDICTED:
@@ -225,7 +219,7 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
         pictures.append(picture)
         labels.append(confidences)
         texts.append(text)
-        depth, heads = depth_and_heads(m)
+        depth, heads = m.adapter.depth_and_heads(m.model)
         rows, cols = values[key]["grid_size"]
         flat = np.asarray(values[key]["values"])
         notes.append(f"**{label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "

@@ -8,7 +8,6 @@ import hashlib
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from weakref import WeakKeyDictionary
@@ -21,7 +20,7 @@ from ..data import DataUnavailable, Split, load_cifar10, preprocess_batch
 from ..inference import preprocess
 from ..inside import patch_size
 from ..inside_plots import DistanceFigure, WeightFigures, distance_figure, weight_figures
-from ..registry import READY, LoadedModel, ModelUnavailable
+from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
 from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_choices, read_image
 
 T = TypeVar("T")
@@ -39,20 +38,11 @@ READINGS = {
 }
 
 
-@dataclass(frozen=True)
-class DistanceImages:
-    """How many CIFAR-10 test images (the first N) the distance figure averages over, by kind
-    of model, when no image is given. ViT-B/16 costs about 140 times the scratch ViT's FLOPs per
-    image (35.1 against 0.25 GFLOPs): at about 0.3 s an image on two CPU cores, 32 images take
-    it about 10 s, once per model."""
-    scratch: int = 256
-    timm: int = 32
-
-    def count(self, kind: str) -> int:
-        return self.timm if kind == "timm" else self.scratch
-
-
-DISTANCE_IMAGES = DistanceImages()
+# How many CIFAR-10 test images (the first N) the distance figure averages over, by kind of
+# model, when no image is given. ViT-B/16 costs about 140 times the scratch ViT's FLOPs per image
+# (35.1 against 0.25 GFLOPs): at about 0.3 s an image on two CPU cores, 32 images take it about
+# 10 s, once per model.
+DISTANCE_IMAGES = {ModelKind.SCRATCH: 256, ModelKind.TIMM: 32}
 
 
 class FigureCache:
@@ -98,7 +88,7 @@ def model_weights_figures(loaded: LoadedModel) -> WeightFigures:
 
 def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigure:
     """Mean attention distance over the first CIFAR-10 test images, cached per model."""
-    n = DISTANCE_IMAGES.count(loaded.kind)
+    n = DISTANCE_IMAGES[loaded.kind]
 
     def compute() -> DistanceFigure:
         x = preprocess_batch(cifar_test(ctx.data_dir).x[:n], loaded.data_cfg)  # (n, C, H, W)
