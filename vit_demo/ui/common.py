@@ -77,7 +77,7 @@ def image_input(settings: Settings, label: str = "Image") -> ImageUpload:
     # Gradio's config takes a component's settings from its __init__ signature: the limit is
     # set on the instance, not passed to a constructor of our own.
     image = ImageUpload(label=label, type="filepath", sources=["upload", "clipboard", "webcam"],
-                        height=260)
+                        height=260, elem_classes=["image-input"])
     image.max_bytes = settings.max_bytes
     return image
 
@@ -114,7 +114,7 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: list | None = N
               "api_name": api_name or "load_example"}
     if gallery.state == GALLERY_READY:
         picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=outputs,
-                             fn=fn, cache_examples=cache, **common)
+                             fn=fn, cache_examples=cache, run_on_click=fn is not None, **common)
         return picked.load_input_event
     if gallery.state != DOWNLOADING:
         return None
@@ -320,6 +320,8 @@ CSS = """
 .figures { display: flex; flex-wrap: wrap; gap: 16px; }
 .figures figure { margin: 0; flex: 1 1 320px; max-width: 750px; min-width: 0; }
 .figures img { display: block; width: 100%; height: auto; object-fit: contain; }
+/* a small image (a 32 px CIFAR example) fills the box instead of sitting in its middle */
+.image-input img { width: 100%; height: 100%; object-fit: contain; }
 .figures figcaption { font-size: 0.9em; color: var(--body-text-color-subdued); }
 /* compact tab buttons, so that all five fit in a phone's width without the overflow menu */
 .tab-wrapper .tab-container button { padding-left: 8px !important; padding-right: 8px !important; }
