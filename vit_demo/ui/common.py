@@ -211,6 +211,20 @@ def keys_for(choice: str, registry: Registry) -> list[str]:
     return [choice]
 
 
+def load_models(registry: Registry, keys: list[str]) -> dict[str, LoadedModel | None]:
+    """The loaded model of each key, None for one that is unavailable; a ``gr.Error`` saying
+    why and how to get them when none is available."""
+    loaded: dict[str, LoadedModel | None] = {}
+    for key in keys:
+        try:
+            loaded[key] = registry.get(key)
+        except ModelUnavailable:
+            loaded[key] = None
+    if all(m is None for m in loaded.values()):
+        raise gr.Error(" ".join(unavailable_message(registry, k) for k in keys))
+    return loaded
+
+
 def get_model(registry: Registry, key: str) -> LoadedModel:
     try:
         return registry.get(key)
