@@ -25,7 +25,7 @@ from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
 from ..registry import SCRATCH, VITB16, ModelKind
-from .common import GALLERY_POLL_S, AppContext, user_errors
+from .common import AppContext, user_errors, while_downloading
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
@@ -253,13 +253,5 @@ def build_tab(ctx: AppContext) -> JobRunner:
                         test_images], api_visibility="private", queue=False)
     base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
-    timer = gr.Timer(GALLERY_POLL_S, active=ctx.gallery.state == DOWNLOADING)
-
-    def refresh_readiness():  # until the download ends
-        return readiness_note(ctx), gr.Timer(active=ctx.gallery.state == DOWNLOADING)
-
-    gr.on([timer.tick], refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
-          queue=False)
-    gr.on(None, refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
-          queue=False)
+    while_downloading(ctx.gallery, ready_note, lambda: readiness_note(ctx))
     return runner
