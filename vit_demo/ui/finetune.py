@@ -219,12 +219,10 @@ def build_tab(ctx: AppContext) -> JobRunner:
                 refresh_btn = gr.Button("Refresh")
         with gr.Column(scale=1):
             progress = gr.HTML(progress_html(runner.snapshot()))
-            loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Training loss",
-                                    x_title="optimizer step", y_title="loss",
-                                    color_map=LOSS_COLORS, height=220)
-            acc_plot = gr.LinePlot(x="step", y="value", color="series", title="Accuracy",
-                                   x_title="optimizer step", y_title="accuracy",
-                                   color_map=ACCURACY_COLORS, height=220)
+            plot = partial(gr.LinePlot, x="step", y="value", color="series", x_title="optimizer step",
+                           height=220)
+            loss_plot = plot(title="Training loss", y_title="loss", color_map=LOSS_COLORS)
+            acc_plot = plot(title="Accuracy", y_title="accuracy", color_map=ACCURACY_COLORS)
             log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False)
             files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False)
