@@ -116,14 +116,8 @@ def _check_shapes(name: str, found: dict, expected: dict) -> None:
     extra = sorted(set(found) - set(expected))
     wrong = [(k, found[k], tuple(expected[k])) for k in sorted(set(found) & set(expected))
              if tuple(found[k]) != tuple(expected[k])]
-    if missing or extra or wrong:
-        parts = []
-        if wrong:
-            k, f, e = wrong[0]
-            parts.append(f"{len(wrong)} tensor(s) with other shapes than the card's architecture "
-                         f"(e.g. {k}: file {list(f)}, card {list(e)})")
-        if missing:
-            parts.append(f"missing {missing[:3]}")
-        if extra:
-            parts.append(f"unexpected {extra[:3]}")
+    parts = [f"{len(wrong)} tensor(s) with other shapes than the card's architecture "
+             f"(e.g. {k}: file {list(f)}, card {list(e)})" for k, f, e in wrong[:1]]
+    parts += [f"{what} {keys[:3]}" for what, keys in (("missing", missing), ("unexpected", extra)) if keys]
+    if parts:
         raise CheckpointError(f"checkpoint {name!r} does not match its card: " + "; ".join(parts))

@@ -65,6 +65,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--name", default=None, help="checkpoint name; omitted: no checkpoint is written")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(run=cmd_train)
+
+
+def _checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """The checkpoint and the data, as ``evaluate`` and ``inside`` take them."""
+    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
 
 
 def _setup_distributed() -> torch.device:
@@ -141,15 +150,13 @@ def cmd_train(args) -> dict:
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="test-set metrics of a checkpoint in weights/, "
                        "optionally stored in its card")
-    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
-    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
-                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    _checkpoint_options(p)
     p.add_argument("--png", type=Path, default=None,
                    help="confusion-matrix PNG (default: artifacts/NAME-confusion.png)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     p.add_argument("--update-card", action="store_true", help="store the metrics in NAME.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
+    p.set_defaults(run=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> Metrics:
@@ -184,23 +191,22 @@ def cmd_evaluate(args) -> Metrics:
 
 
 def _deploy_parser(sub) -> None:
-    from .deploy import add_arguments
+    from .deploy import add_arguments, cmd_deploy
 
-    add_arguments(sub.add_parser("deploy", help="publish the app as a Hugging Face Space "
-                                 "(--dry-run lists the files)"))
+    p = sub.add_parser("deploy", help="publish the app as a Hugging Face Space (--dry-run lists the files)")
+    add_arguments(p)
+    p.set_defaults(run=cmd_deploy)
 
 
 def _inside_parser(sub) -> None:
     p = sub.add_parser("inside", help="draw the ViT paper's Fig. 7 for a checkpoint in weights/: "
                        "patch-embedding filters, position-embedding similarity, mean attention distance")
-    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
+    _checkpoint_options(p)
     p.add_argument("--out", type=Path, default=ARTIFACTS_DIR,
                    help="folder for inside-NAME-{filters,positions,distance}.png (default: artifacts/)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
-    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
-                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
     p.add_argument("--images", type=int, default=256,
                    help="average the attention distance over the first N CIFAR-10 test images")
+    p.set_defaults(run=cmd_inside)
 
 
 def cmd_inside(args) -> dict:
@@ -238,17 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        cmd_train(args)
-    elif args.command == "evaluate":
-        cmd_evaluate(args)
-    elif args.command == "deploy":
-        from .deploy import cmd_deploy
-
-        return cmd_deploy(args)
-    elif args.command == "inside":
-        cmd_inside(args)
-    return 0
+    status = args.run(args)  # deploy's is its exit status; the others return what they computed
+    return status if args.command == "deploy" else 0
 
 
 if __name__ == "__main__":

@@ -36,20 +36,12 @@ class ExampleGallery:
         # Known before any data: the k-th test image of each class, in class order.
         self.names = [f"{label} {k + 1}" for label in CLASSES for k in range(per_class)]
         self._lock = threading.Lock()
-        self._state, self._paths, self._message = ABSENT, [], ""
-
-    @property
-    def state(self) -> str:
-        return self._state
+        self.state, self._paths, self.message = ABSENT, [], ""  # set only by ``_set``
 
     @property
     def paths(self) -> list[Path]:
         """One PNG per example, in the order of ``names``; empty until ``ready``."""
         return list(self._paths)
-
-    @property
-    def message(self) -> str:
-        return self._message
 
     def fill(self, load_test: Callable[[], Split]) -> None:
         """Write the examples from the test split ``load_test`` returns; on ``DataUnavailable``
@@ -57,7 +49,7 @@ class ExampleGallery:
         try:
             test = load_test()
         except DataUnavailable as exc:
-            self._set(FAILED if self._state == DOWNLOADING else ABSENT, [], f"No example images: {exc}")
+            self._set(FAILED if self.state == DOWNLOADING else ABSENT, [], f"No example images: {exc}")
             return
         except Exception:  # a network error, a bad archive: logged here, said plainly on the page
             log.exception("downloading CIFAR-10 failed")
@@ -86,13 +78,13 @@ class ExampleGallery:
         there is none."""
         if name not in self.names:
             raise ValueError(f"Unknown example {name!r}.")
-        if self._state != READY:
-            raise ValueError(self._message or "No example images on this server.")
+        if self.state != READY:
+            raise ValueError(self.message or "No example images on this server.")
         return self._paths[self.names.index(name)]
 
     def _set(self, state: str, paths: list[Path], message: str) -> None:
         with self._lock:
-            self._state, self._paths, self._message = state, paths, message
+            self.state, self._paths, self.message = state, paths, message
 
 
 def open_gallery(data_dir=None, download: bool = False, folder: Path | None = None,

@@ -15,7 +15,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -77,11 +77,15 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
     return out
 
 
-def _add_identity_and_normalize(fused: torch.Tensor) -> torch.Tensor:
-    """Residual connection as identity, then each row divided by its sum: (B, T, T)."""
-    eye = torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
-    a = fused + eye  # (B, T, T); row sums >= 1, so the division is safe
-    return a / a.sum(dim=-1, keepdim=True)
+def _roll(layers: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``A_L @ ... @ A_1`` of the layers' (B, T, T) weights ``W_l``, first layer first, with
+    ``A_l = norm(W_l + I)``: the residual connection as identity, each row divided by its sum."""
+    rollout = None
+    for w in layers:
+        a = w + torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)  # row sums >= 1: safe
+        a = a / a.sum(dim=-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout  # (B, T, T)
+    return rollout
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor, head_fusion: str = "mean",
@@ -106,11 +110,8 @@ def attention_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor, head_fu
     """
     stacked = _stack_layers(attentions, "attentions")  # (L, B, heads, T, T)
     _check_start_layer(start_layer, stacked.shape[0])
-    rollout = None
-    for attention in stacked[start_layer:]:
-        a = _add_identity_and_normalize(discard_lowest(fuse_heads(attention, head_fusion), discard_ratio))
-        rollout = a if rollout is None else a @ rollout  # (B, T, T)
-    return rollout
+    return _roll(discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
+                 for attention in stacked[start_layer:])
 
 
 def grad_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor,
@@ -136,12 +137,8 @@ def grad_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor,
     if attn.shape != grad.shape:
         raise ValueError(f"attentions {tuple(attn.shape)} != gradients {tuple(grad.shape)}")
     _check_start_layer(start_layer, attn.shape[0])
-    rollout = None
-    for a_l, g_l in zip(attn[start_layer:], grad[start_layer:]):
-        relevance = (a_l * g_l).clamp(min=0).mean(dim=1)  # (B, T, T)
-        a = _add_identity_and_normalize(relevance)
-        rollout = a if rollout is None else a @ rollout  # (B, T, T)
-    return rollout
+    return _roll((a_l * g_l).clamp(min=0).mean(dim=1)  # relevance (B, T, T)
+                 for a_l, g_l in zip(attn[start_layer:], grad[start_layer:]))
 
 
 def cls_map(rollout: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:

@@ -258,7 +258,8 @@ class JobRunner:
             saved, test = self._run(job, state_path, name, cancel)
             if saved is None:
                 self._keep_resume_state(state_path)
-                last = self._last_resume_step(request)
+                every = request.train_config().checkpoint_every
+                last = self._state.step // every * every  # the last resume state's step
                 return self._end(CANCELLED, f"{self._stop_reason} at step {self._state.step}; "
                                  "no model was written"
                                  + (f"; starting the same job again resumes from step {last}"
@@ -289,10 +290,6 @@ class JobRunner:
             return
         for old in keep_newest(self._states_written, path, self.settings.keep_finetuned):
             old.unlink(missing_ok=True)
-
-    def _last_resume_step(self, request: FinetuneRequest) -> int:
-        every = request.train_config().checkpoint_every
-        return (self._state.step // every) * every
 
     def _run(self, job, state_path: Path, name: str, cancel: threading.Event
              ) -> tuple[ModelCard | None, dict | None]:

@@ -73,20 +73,17 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         share_image([(classify_image, classify_picked), (attention_image, attention_picked)])
         timer = gr.Timer(3.0, active=False)
 
-        def on_load():
-            choice = gr.Dropdown(choices=model_choices(registry), value=default_choice(registry))
+        def page_state(on_load: bool):
+            """Badges, details, the dropdowns' choices (on load also the default choice), timer."""
+            choice = gr.Dropdown(choices=model_choices(registry),
+                                 **({"value": default_choice(registry)} if on_load else {}))
             return (status_badges(registry), status_details(registry), choice, choice,
                     gr.Timer(active=any_loading(registry)))
 
-        def on_tick():
-            choices = gr.Dropdown(choices=model_choices(registry))
-            return (status_badges(registry), status_details(registry), choices, choices,
-                    gr.Timer(active=any_loading(registry)))
-
         page_outputs = [badges, details, classify_choice, attention_choice, timer]
-        demo.load(on_load, outputs=page_outputs, api_visibility="private", queue=False)
+        demo.load(lambda: page_state(True), outputs=page_outputs, api_visibility="private", queue=False)
         demo.load(lambda: compare.compare(registry), outputs=compare_outputs, api_visibility="private")
-        timer.tick(on_tick, outputs=page_outputs, api_visibility="private", queue=False)
+        timer.tick(lambda: page_state(False), outputs=page_outputs, api_visibility="private", queue=False)
 
         def status() -> list[dict]:
             """Every model of this server: its key, label, kind, state (ready, loading, unavailable, not loaded), the reason when it is not ready, and where its weights come from."""

@@ -4,7 +4,6 @@ each map with its deletion and insertion scores against a random and a centre-fi
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 
@@ -17,10 +16,10 @@ from ..attention import explain
 from ..data import CLASSES
 from ..faithfulness import PAGE_STEPS, Faithfulness, faithfulness, perturbed_count
 from ..inference import preprocess
-from ..registry import VITB16, LoadedModel, ModelUnavailable
+from ..registry import VITB16, LoadedModel
 from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
 from ..rollout import HEAD_FUSIONS
-from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for,
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, load_models,
                      model_choices, model_dropdown, read_image, side_titles, unavailable_message,
                      unavailable_note, user_errors)
 
@@ -190,46 +189,30 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
     keys = keys_for(choice, ctx.registry)
     settings = settings_from(method, head_fusion, discard_ratio, start_layer, target_class, layer,
                              head, colormap, opacity, grid, view, faithfulness_all)
-    loaded: dict[str, LoadedModel | None] = {}
-    for key in keys:
-        try:
-            loaded[key] = ctx.registry.get(key)
-        except ModelUnavailable:
-            loaded[key] = None
-    if all(m is None for m in loaded.values()):
-        raise gr.Error(" ".join(unavailable_message(ctx.registry, k) for k in keys))
+    loaded = load_models(ctx.registry, keys)
     targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
-    pictures: list[np.ndarray | None] = []
-    labels: list[dict | None] = []
-    texts: list[str] = []
+    sides: list[tuple] = []  # (picture, confidences, faithfulness text) per model
     values: dict[str, dict] = {}
     notes = []
     for key, m in loaded.items():
-        label = ctx.registry.label(key)
         if m is None:
-            pictures.append(None)
-            labels.append(None)
-            texts.append("")
-            values[key] = {"label": label, "available": False,
+            sides.append((None, None, ""))
+            values[key] = {"label": ctx.registry.label(key), "available": False,
                            "reason": unavailable_message(ctx.registry, key)}
             notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
         picture, confidences, values[key], text = explain_one(m, img, settings, targets[key])
-        pictures.append(picture)
-        labels.append(confidences)
-        texts.append(text)
+        sides.append((picture, confidences, text))
         depth, heads = m.adapter.depth_and_heads(m.model)
         rows, cols = values[key]["grid_size"]
         flat = np.asarray(values[key]["values"])
-        notes.append(f"**{label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
+        notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
                      f"span the map's values {flat.min():.4g} to {flat.max():.4g}; "
                      f"{(time.perf_counter() - start) * 1000:.0f} ms with the scores")
-    pictures += [None] * (2 - len(pictures))
-    labels += [None] * (2 - len(labels))
-    texts += [""] * (2 - len(texts))
-    return (pictures[0], pictures[1], labels[0], labels[1], values, "\n\n".join(notes),
-            texts[0], texts[1])
+    sides += [(None, None, "")] * (2 - len(sides))
+    (left, left_top, left_text), (right, right_top, right_text) = sides
+    return left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text
 
 
 def control_visibility(method: str) -> tuple:

@@ -6,9 +6,9 @@ import gradio as gr
 
 from ..data import CLASSES
 from ..inference import predict
-from ..registry import SCRATCH, VITB16, ModelUnavailable
-from .common import (INFERENCE, AppContext, examples, image_input, keys_for, model_choices,
-                     model_dropdown, read_image, side_titles, unavailable_message, unavailable_note,
+from ..registry import SCRATCH, VITB16
+from .common import (INFERENCE, AppContext, examples, image_input, keys_for, load_models,
+                     model_choices, model_dropdown, read_image, side_titles, unavailable_note,
                      user_errors)
 
 TOP_K = 5
@@ -18,25 +18,17 @@ def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | No
     """(left confidences, right confidences, notes). A model that is unavailable leaves its
     side empty with a one-line note, as long as another model answered."""
     img = read_image(image, ctx.settings)
-    keys = keys_for(choice, ctx.registry)
     results: list[dict | None] = []
     notes = []
-    errors = []
-    for key in keys:
-        label = ctx.registry.label(key)
-        try:
-            loaded = ctx.registry.get(key)
-        except ModelUnavailable:
+    for key, loaded in load_models(ctx.registry, keys_for(choice, ctx.registry)).items():
+        if loaded is None:
             results.append(None)
             notes.append(unavailable_note(ctx.registry, key))
-            errors.append(unavailable_message(ctx.registry, key))
             continue
         pred = predict(loaded, img, TOP_K)
         results.append(pred.confidences)
-        notes.append(f"**{label}**: {pred.latency_ms:.1f} ms (preprocessing + forward, "
+        notes.append(f"**{loaded.label}**: {pred.latency_ms:.1f} ms (preprocessing + forward, "
                      f"{loaded.data_cfg.input_size[1]} px input)")
-    if all(r is None for r in results):
-        raise gr.Error(" ".join(errors))
     results += [None] * (2 - len(results))
     return results[0], results[1], "\n\n".join(notes)
 

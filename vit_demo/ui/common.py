@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,14 +131,20 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: list | None = N
     if not cache:  # uncached, Gradio only puts the name in the box: show the example after it
         loaded = loaded.then(show, inputs=[name], outputs=[image, *outputs],
                              api_visibility="private")
-    timer = gr.Timer(GALLERY_POLL_S)
+    while_downloading(gallery, note, lambda: gallery_note(gallery))
+    return loaded
+
+
+def while_downloading(gallery: ExampleGallery, output: gr.Markdown, text: Callable[[], str]) -> None:
+    """``output`` shows ``text()``, refreshed on page load and every ``GALLERY_POLL_S`` seconds
+    while CIFAR-10 is downloading."""
+    timer = gr.Timer(GALLERY_POLL_S, active=gallery.state == DOWNLOADING)
 
     def refresh():
-        return gallery_note(gallery), gr.Timer(active=gallery.state == DOWNLOADING)
+        return text(), gr.Timer(active=gallery.state == DOWNLOADING)
 
-    gr.on([timer.tick], refresh, outputs=[note, timer], api_visibility="private", queue=False)
-    gr.on(None, refresh, outputs=[note, timer], api_visibility="private", queue=False)
-    return loaded
+    for triggers in ([timer.tick], None):
+        gr.on(triggers, refresh, outputs=[output, timer], api_visibility="private", queue=False)
 
 
 def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
@@ -211,11 +217,18 @@ def keys_for(choice: str, registry: Registry) -> list[str]:
     return [choice]
 
 
-def get_model(registry: Registry, key: str) -> LoadedModel:
-    try:
-        return registry.get(key)
-    except ModelUnavailable as exc:
-        raise gr.Error(unavailable_message(registry, key)) from exc
+def load_models(registry: Registry, keys: list[str]) -> dict[str, LoadedModel | None]:
+    """The loaded model of each key, None for one that is unavailable; a ``gr.Error`` saying
+    why and how to get them when none is available."""
+    loaded: dict[str, LoadedModel | None] = {}
+    for key in keys:
+        try:
+            loaded[key] = registry.get(key)
+        except ModelUnavailable:
+            loaded[key] = None
+    if all(m is None for m in loaded.values()):
+        raise gr.Error(" ".join(unavailable_message(registry, k) for k in keys))
+    return loaded
 
 
 def model_status(registry: Registry) -> list[dict]:

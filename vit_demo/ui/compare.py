@@ -8,9 +8,7 @@ import base64
 import dataclasses
 import html
 import re
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -18,7 +16,7 @@ import torch
 
 from ..compare import ModelFigures, figures
 from ..data import CLASSES
-from ..evaluate import save_confusion_png
+from ..evaluate import cpu_latency_ms, save_confusion_png
 from ..registry import READY, UNAVAILABLE, Registry
 from .common import INFERENCE, AppContext, how_to_get
 
@@ -120,15 +118,8 @@ def measure_latency(ctx: AppContext, runs: int = LATENCY_RUNS) -> str:
             lines.append(f"- **{status.label}**: not timed ({status.state})")
             continue
         loaded = ctx.registry.get(status.key)
-        x = torch.randn(1, *loaded.data_cfg.input_size, generator=torch.Generator().manual_seed(0))
-        times = []
-        with torch.inference_mode():
-            loaded.model(x)  # warm-up
-            for _ in range(runs):
-                start = time.perf_counter()
-                loaded.model(x)
-                times.append((time.perf_counter() - start) * 1000)
-        lines.append(f"- **{status.label}**: {statistics.median(times):.1f} ms")
+        ms = cpu_latency_ms(loaded.model, loaded.data_cfg, runs=runs, warmup=1)
+        lines.append(f"- **{status.label}**: {ms:.1f} ms")
     return (f"Measured now on this server: median of {runs} forward passes of one image, "
             f"{torch.get_num_threads()} threads, while it serves other visitors.\n\n" + "\n".join(lines))
 

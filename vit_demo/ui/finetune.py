@@ -25,7 +25,7 @@ from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
 from ..registry import SCRATCH, VITB16, ModelKind
-from .common import GALLERY_POLL_S, AppContext, user_errors
+from .common import AppContext, user_errors, while_downloading
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
@@ -219,12 +219,10 @@ def build_tab(ctx: AppContext) -> JobRunner:
                 refresh_btn = gr.Button("Refresh")
         with gr.Column(scale=1):
             progress = gr.HTML(progress_html(runner.snapshot()))
-            loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Training loss",
-                                    x_title="optimizer step", y_title="loss",
-                                    color_map=LOSS_COLORS, height=220)
-            acc_plot = gr.LinePlot(x="step", y="value", color="series", title="Accuracy",
-                                   x_title="optimizer step", y_title="accuracy",
-                                   color_map=ACCURACY_COLORS, height=220)
+            plot = partial(gr.LinePlot, x="step", y="value", color="series", x_title="optimizer step",
+                           height=220)
+            loss_plot = plot(title="Training loss", y_title="loss", color_map=LOSS_COLORS)
+            acc_plot = plot(title="Accuracy", y_title="accuracy", color_map=ACCURACY_COLORS)
             log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True,
                              interactive=False)
             files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False)
@@ -253,13 +251,5 @@ def build_tab(ctx: AppContext) -> JobRunner:
                         test_images], api_visibility="private", queue=False)
     base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
-    timer = gr.Timer(GALLERY_POLL_S, active=ctx.gallery.state == DOWNLOADING)
-
-    def refresh_readiness():  # until the download ends
-        return readiness_note(ctx), gr.Timer(active=ctx.gallery.state == DOWNLOADING)
-
-    gr.on([timer.tick], refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
-          queue=False)
-    gr.on(None, refresh_readiness, outputs=[ready_note, timer], api_visibility="private",
-          queue=False)
+    while_downloading(ctx.gallery, ready_note, lambda: readiness_note(ctx))
     return runner

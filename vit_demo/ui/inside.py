@@ -80,12 +80,6 @@ def png_file(data: bytes) -> str:
     return str(path)
 
 
-def model_weights_figures(loaded: LoadedModel) -> WeightFigures:
-    """The filters and position-similarity figures, cached per model."""
-    return CACHE.get(loaded.model, "weights",
-                     lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
-
-
 def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigure:
     """Mean attention distance over the first CIFAR-10 test images, cached per model."""
     n = DISTANCE_IMAGES[loaded.kind]
@@ -96,11 +90,6 @@ def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigur
                                loaded.label)
 
     return CACHE.get(loaded.model, f"distance-cifar10-{n}", compute)
-
-
-def image_distance_figure(loaded: LoadedModel, img: Image.Image) -> DistanceFigure:
-    x = preprocess(img, loaded.data_cfg)  # (1, C, H, W)
-    return distance_figure(loaded.model, loaded.kind, x, "your image", loaded.label)
 
 
 def ready_models(ctx: AppContext, choice: str) -> tuple[dict[str, LoadedModel], dict[str, str]]:
@@ -147,11 +136,12 @@ def note(loaded: LoadedModel, weights: WeightFigures, distance: DistanceFigure |
 def model_outputs(ctx: AppContext, loaded: LoadedModel, img: Image.Image | None
                   ) -> tuple[list[str | None], str, dict]:
     """([filters, positions, distance] PNG paths, note, JSON entry) for one model."""
-    weights = model_weights_figures(loaded)
+    weights = CACHE.get(loaded.model, "weights",  # the filters and position similarity
+                        lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
     no_distance = ""
     try:
-        distance = (cifar_distance_figure(ctx, loaded) if img is None
-                    else image_distance_figure(loaded, img))
+        distance = (cifar_distance_figure(ctx, loaded) if img is None else distance_figure(
+            loaded.model, loaded.kind, preprocess(img, loaded.data_cfg), "your image", loaded.label))
     except DataUnavailable as exc:
         distance = None
         no_distance = f"No distance figure without an image: {exc}"
