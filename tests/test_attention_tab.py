@@ -334,6 +334,30 @@ def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
         rollout(ctx, None, *DEFAULTS.values())
 
 
+def test_the_page_shows_the_map_first_and_the_same_scores_after(app, cifar_test, tmp_path):
+    """The click on the page: ``rollout(scored=False)`` answers without scores (the text says they
+    are coming), then ``score`` fills in exactly what the API's one-shot ``rollout`` returns, with
+    no second forward pass of the unperturbed image (its probability is the map's)."""
+    from vit_demo.ui.attention import rollout, score
+
+    _, ctx = app
+    path = _save_png(tmp_path, cifar_test.x[21].numpy())
+    settings = {**DEFAULTS, "choice": "scratch", "method": "grad"}
+    first = rollout(ctx, path, *settings.values(), scored=False)
+    *shown, unscored = first
+    assert shown[4]["scratch"]["faithfulness"] is None
+    assert "Scoring the map" in shown[6] and shown[7] == ""
+    whole = rollout(ctx, path, *settings.values())
+    np.testing.assert_array_equal(shown[0], whole[0])  # the same picture either way
+    values, left_text, right_text = score(ctx.registry, unscored, shown[4])
+    assert values == whole[4] and (left_text, right_text) == (whole[6], whole[7])
+    assert "centre first" in left_text and shown[4]["scratch"]["faithfulness"] is None  # not mutated
+    model = ctx.registry.get("scratch").model
+    x = preprocess(Image.open(path).convert("RGB"), CIFAR10_DATA_CONFIG)
+    direct = faithfulness(model, x, unscored[0].heatmap, unscored[0].target, steps=PAGE_STEPS)
+    assert values["scratch"]["faithfulness"] == direct.to_dict()
+
+
 # ----------------------------------------------------------------------------------------------
 # ViT-B/16 for real: a random-weight checkpoint in weights/ instead of the hub
 

@@ -112,11 +112,14 @@ def scores_faithfulness(loaded: LoadedModel, settings: Settings) -> bool:
 
 
 def faithfulness_markdown(label: str, settings: Settings, target: str, grid: tuple[int, int],
-                          scores: Faithfulness | None) -> str:
-    """What is shown beside a map: which map it is, and how faithful it is."""
+                          scores: Faithfulness | None, pending: bool = False) -> str:
+    """What is shown beside a map: which map it is, and how faithful it is (``pending``: the
+    scores are on their way)."""
     what = METHOD_NAMES.get(settings.method, settings.method)
     title = f"**{label}**: {what}" + (f" for *{target}*" if settings.method == "grad" else "") + \
         f", {grid[0]}x{grid[1]} patches"
+    if pending:
+        return title + "\n\nScoring the map (deletion and insertion)..."
     if scores is None:
         return title + "\n\nFaithfulness not scored for this model (tick *Score ViT-B/16's maps too*)."
     rows = [("this map", scores.map), ("random order", scores.random),
@@ -128,10 +131,22 @@ def faithfulness_markdown(label: str, settings: Settings, target: str, grid: tup
             f"{scores.steps} steps.)")
 
 
-def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, target: int | None
-                ) -> tuple[np.ndarray, dict[str, float], dict, str]:
-    """(overlay image, top-k confidences, JSON entry, faithfulness text) for one model and one
-    image. A ``ValueError`` from the core names the model."""
+@dataclass(frozen=True)
+class Unscored:
+    """A map shown but not scored yet: what ``score`` needs, kept between the two events of a
+    click (the map first, its scores after)."""
+    key: str  # registry key of the model
+    x: torch.Tensor  # (1, C, H, W) the model's input
+    heatmap: np.ndarray  # (rows, cols)
+    target: int  # the class the map explains
+    probability: float  # of ``target`` on the unperturbed input, from the map's forward pass
+    text: tuple  # faithfulness_markdown's arguments but the scores
+
+
+def explain_one(key: str, loaded: LoadedModel, img: Image.Image, settings: Settings,
+                target: int | None) -> tuple[np.ndarray, dict[str, float], dict, Unscored]:
+    """(overlay image, top-k confidences, JSON entry without scores, what scoring it needs) for
+    one model and one image. A ``ValueError`` from the core names the model."""
     try:
         with torch.inference_mode():
             x = preprocess(img, loaded.data_cfg)  # (1, C, H, W)
@@ -154,29 +169,48 @@ def explain_one(loaded: LoadedModel, img: Image.Image, settings: Settings, targe
     confidences = {loaded.classes[i]: float(p) for p, i in zip(top.values, top.indices)}
     best = int(top.indices[0])
     target_used = best if result["target_class"] is None else int(result["target_class"][0])
-    scores = None
-    if scores_faithfulness(loaded, settings):
-        # the image's own probability comes from the forward pass above, not a second one
-        scores = faithfulness(loaded.model, x, heatmap, target_used, steps=PAGE_STEPS,
-                              image_probability=float(probs[target_used]))
     entry = {"label": loaded.label, "available": True, "method": settings.method,
              "grid_size": list(result["grid_size"]),
              "target_class": None if result["target_class"] is None else loaded.classes[target_used],
              "prediction": {"class": loaded.classes[best], "probability": round(float(probs[best]), 4)},
-             "values": value_grid(heatmap),
-             "faithfulness": None if scores is None else scores.to_dict()}
-    text = faithfulness_markdown(loaded.label, settings, loaded.classes[target_used],
-                                 result["grid_size"], scores)
-    return picture, confidences, entry, text
+             "values": value_grid(heatmap), "faithfulness": None}
+    unscored = Unscored(key, x, heatmap, target_used, float(probs[target_used]),
+                        (loaded.label, settings, loaded.classes[target_used], result["grid_size"]))
+    return picture, confidences, entry, unscored
+
+
+def score(registry, unscored: list[Unscored | None], values: dict) -> tuple[dict, str, str]:
+    """The faithfulness scores of the maps ``rollout(..., score=False)`` showed: (the values
+    with the scores filled in, left text, right text). The image's probability comes from the
+    map's own forward pass, not a second one."""
+    values = {k: dict(v) for k, v in values.items()}
+    texts = []
+    for u in unscored:
+        if u is None:
+            texts.append("")
+            continue
+        loaded = registry.get(u.key)
+        settings = u.text[1]
+        scores = None
+        if scores_faithfulness(loaded, settings):
+            scores = faithfulness(loaded.model, u.x, u.heatmap, u.target, steps=PAGE_STEPS,
+                                  image_probability=u.probability)
+            values[u.key]["faithfulness"] = scores.to_dict()
+        texts.append(faithfulness_markdown(*u.text, scores))
+    texts += [""] * (2 - len(texts))
+    return values, texts[0], texts[1]
 
 
 def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_fusion: str,
             discard_ratio: float, start_layer: float | int, target_class: str, layer: float | int,
             head: float | int | None = None, colormap: str = DEFAULT_COLORMAP,
             opacity: float = DEFAULT_OPACITY, grid: bool = False, view: str = PHOTO,
-            faithfulness_all: bool = False) -> tuple:
+            faithfulness_all: bool = False, scored: bool = True) -> tuple:
     """(left overlay, right overlay, left top-k, right top-k, values per model, notes,
-    left faithfulness, right faithfulness).
+    left faithfulness, right faithfulness, what ``score`` needs per side).
+
+    ``scored=False`` leaves the scores out (the texts say they are coming) for ``score`` to add:
+    the page shows a map after one forward pass and its scores a moment later.
 
     The values are a dict keyed by registry key: for each model its raw map as a rows x cols
     grid (``values``), grid size, method, target class, top prediction and faithfulness scores
@@ -191,28 +225,37 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
                              head, colormap, opacity, grid, view, faithfulness_all)
     loaded = load_models(ctx.registry, keys)
     targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
-    sides: list[tuple] = []  # (picture, confidences, faithfulness text) per model
+    sides: list[tuple] = []  # (picture, confidences) per model
+    unscored: list[Unscored | None] = []
     values: dict[str, dict] = {}
     notes = []
     for key, m in loaded.items():
         if m is None:
-            sides.append((None, None, ""))
+            sides.append((None, None))
+            unscored.append(None)
             values[key] = {"label": ctx.registry.label(key), "available": False,
                            "reason": unavailable_message(ctx.registry, key)}
             notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
-        picture, confidences, values[key], text = explain_one(m, img, settings, targets[key])
-        sides.append((picture, confidences, text))
+        picture, confidences, values[key], u = explain_one(key, m, img, settings, targets[key])
+        sides.append((picture, confidences))
+        unscored.append(u)
         depth, heads = m.adapter.depth_and_heads(m.model)
         rows, cols = values[key]["grid_size"]
         flat = np.asarray(values[key]["values"])
         notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
-                     f"span the map's values {flat.min():.4g} to {flat.max():.4g}; "
-                     f"{(time.perf_counter() - start) * 1000:.0f} ms with the scores")
-    sides += [(None, None, "")] * (2 - len(sides))
-    (left, left_top, left_text), (right, right_top, right_text) = sides
-    return left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text
+                     f"span the map's values {flat.min():.4g} to {flat.max():.4g}; the map in "
+                     f"{(time.perf_counter() - start) * 1000:.0f} ms")
+    sides += [(None, None)] * (2 - len(sides))
+    (left, left_top), (right, right_top) = sides
+    if scored:
+        values, left_text, right_text = score(ctx.registry, unscored, values)
+    else:
+        left_text, right_text = (faithfulness_markdown(*u.text, None, pending=True) if u else ""
+                                 for u in unscored + [None] * (2 - len(unscored)))
+    return (left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text,
+            unscored)
 
 
 def control_visibility(method: str) -> tuple:
@@ -302,13 +345,28 @@ def build_tab(ctx: AppContext):
             score_vitb16: also score ViT-B/16's maps (slow on a CPU)
         """
         return rollout(ctx, image, model, method, head_fusion, discard_ratio, start_layer,
-                       target_class, layer, head, colormap, opacity, grid, view, score_vitb16)
+                       target_class, layer, head, colormap, opacity, grid, view, score_vitb16)[:-1]
 
-    run.click(attention_rollout,
-              inputs=[image, choice, method, head_fusion, discard_ratio, start_layer, target_class,
-                      layer, head, colormap, opacity, grid, view, faithfulness_all],
-              outputs=[left, right, left_label, right_label, values, notes, left_faith, right_faith],
-              api_name="rollout", **INFERENCE)
+    @user_errors()
+    def show_map(*args):
+        """The click on the page: the maps at once, their scores (``add_scores``) after."""
+        return rollout(ctx, *args, scored=False)
+
+    @user_errors()
+    def add_scores(unscored: list[Unscored | None], shown: dict):
+        return score(ctx.registry, unscored or [], shown or {})
+
+    inputs = [image, choice, method, head_fusion, discard_ratio, start_layer, target_class, layer,
+              head, colormap, opacity, grid, view, faithfulness_all]
+    outputs = [left, right, left_label, right_label, values, notes, left_faith, right_faith]
+    unscored = gr.State()
+    run.click(show_map, inputs=inputs, outputs=[*outputs, unscored], api_visibility="private",
+              **INFERENCE).success(add_scores, inputs=[unscored, values],
+                                   outputs=[values, left_faith, right_faith],
+                                   api_visibility="private", **INFERENCE)
+    # the API's one endpoint: map and scores in one answer (no button on the page fires it)
+    gr.Button(visible=False).click(attention_rollout, inputs=inputs, outputs=outputs,
+                                   api_name="rollout", **INFERENCE)
     method.change(control_visibility, inputs=[method],
                   outputs=[head_fusion, discard_ratio, start_layer, target_class, layer, head],
                   api_visibility="private", queue=False)
