@@ -16,21 +16,14 @@ changed).
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
+from .card import ModelCard, ModelKind
 from .model import ViT
 
-if TYPE_CHECKING:
-    from .card import ModelCard
-
-
-class ModelKind(str, Enum):
-    SCRATCH = "scratch"  # our ViT
-    TIMM = "timm"  # timm's VisionTransformer
 
 
 class ModelAdapter(Protocol):

@@ -22,12 +22,17 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import torch
 
-from .adapters import ModelKind
 from .checkpoint import (CheckpointError, load_tensors, model_path, save_tensors, sha256,
                          tensor_count, write_text)
 from .data import DataConfig
 from .model import ViTConfig
 from .train import TrainConfig, precision
+
+class ModelKind(str, Enum):
+    """What builds a checkpoint's model (``adapters.adapter_for(kind)`` knows how)."""
+    SCRATCH = "scratch"  # our ViT
+    TIMM = "timm"  # timm's VisionTransformer
+
 
 SCHEMA_VERSION = 1  # raise it with any change to the fields below that old readers would misread
 ARCHITECTURE = {ModelKind.SCRATCH: "model_config", ModelKind.TIMM: "timm_name"}  # the field naming it
