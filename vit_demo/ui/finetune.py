@@ -240,8 +240,11 @@ def build_tab(ctx: AppContext) -> JobRunner:
                               api_name="finetune", **job_api)
     started.failure(handlers.follow, outputs=outputs,
                     api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    # The stop's answer is the state when it was asked; the job may end (and the start's stream
+    # say so) before that answer lands, so the page follows the job again until it has ended.
     stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop",
-                   api_visibility="undocumented", **job_api)
+                   api_visibility="undocumented", **job_api).then(
+        handlers.follow, outputs=outputs, api_visibility="private", **job_api)
     refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status",
                       api_visibility="undocumented", **job_api)
     gr.on(triggers=None, fn=handlers.follow, outputs=outputs,
