@@ -349,12 +349,14 @@ def test_the_page_shows_the_map_first_and_the_same_scores_after(app, cifar_test,
     assert "Scoring the map" in shown[6] and shown[7] == ""
     whole = rollout(ctx, path, *settings.values())
     np.testing.assert_array_equal(shown[0], whole[0])  # the same picture either way
-    values, left_text, right_text = score(ctx.registry, unscored, shown[4])
+    assert unscored.values is shown[4]  # kept on the server, not sent back by the page
+    values, left_text, right_text = score(ctx.registry, unscored)
     assert values == whole[4] and (left_text, right_text) == (whole[6], whole[7])
     assert "centre first" in left_text and shown[4]["scratch"]["faithfulness"] is None  # not mutated
     model = ctx.registry.get("scratch").model
     x = preprocess(Image.open(path).convert("RGB"), CIFAR10_DATA_CONFIG)
-    direct = faithfulness(model, x, unscored[0].heatmap, unscored[0].target, steps=PAGE_STEPS)
+    direct = faithfulness(model, x, unscored.sides[0].heatmap, unscored.sides[0].target,
+                          steps=PAGE_STEPS)
     assert values["scratch"]["faithfulness"] == direct.to_dict()
 
 

@@ -132,19 +132,33 @@ def faithfulness_markdown(label: str, settings: Settings, target: str, grid: tup
 
 
 @dataclass(frozen=True)
-class Unscored:
-    """A map shown but not scored yet: what ``score`` needs, kept between the two events of a
-    click (the map first, its scores after)."""
+class MapShown:
+    """One model's map as shown, with what scoring it needs."""
     key: str  # registry key of the model
+    label: str
+    settings: Settings
     x: torch.Tensor  # (1, C, H, W) the model's input
     heatmap: np.ndarray  # (rows, cols)
+    grid: tuple[int, int]
     target: int  # the class the map explains
+    target_name: str
     probability: float  # of ``target`` on the unperturbed input, from the map's forward pass
-    text: tuple  # faithfulness_markdown's arguments but the scores
+
+    def text(self, scores: Faithfulness | None, pending: bool = False) -> str:
+        return faithfulness_markdown(self.label, self.settings, self.target_name, self.grid,
+                                     scores, pending)
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """The maps of one click, shown but not scored yet: what ``score`` needs, kept on the server
+    between the two events of a click (the maps first, their scores after)."""
+    sides: tuple[MapShown | None, ...]  # left, then right (None: no model there)
+    values: dict  # the JSON the maps were shown with, faithfulness None
 
 
 def explain_one(key: str, loaded: LoadedModel, img: Image.Image, settings: Settings,
-                target: int | None) -> tuple[np.ndarray, dict[str, float], dict, Unscored]:
+                target: int | None) -> tuple[np.ndarray, dict[str, float], dict, MapShown]:
     """(overlay image, top-k confidences, JSON entry without scores, what scoring it needs) for
     one model and one image. A ``ValueError`` from the core names the model."""
     try:
@@ -174,30 +188,28 @@ def explain_one(key: str, loaded: LoadedModel, img: Image.Image, settings: Setti
              "target_class": None if result["target_class"] is None else loaded.classes[target_used],
              "prediction": {"class": loaded.classes[best], "probability": round(float(probs[best]), 4)},
              "values": value_grid(heatmap), "faithfulness": None}
-    unscored = Unscored(key, x, heatmap, target_used, float(probs[target_used]),
-                        (loaded.label, settings, loaded.classes[target_used], result["grid_size"]))
-    return picture, confidences, entry, unscored
+    shown = MapShown(key, loaded.label, settings, x, heatmap, tuple(result["grid_size"]),
+                     target_used, loaded.classes[target_used], float(probs[target_used]))
+    return picture, confidences, entry, shown
 
 
-def score(registry, unscored: list[Unscored | None], values: dict) -> tuple[dict, str, str]:
+def score(registry, unscored: Unscored) -> tuple[dict, str, str]:
     """The faithfulness scores of the maps ``rollout(..., score=False)`` showed: (the values
     with the scores filled in, left text, right text). The image's probability comes from the
     map's own forward pass, not a second one."""
-    values = {k: dict(v) for k, v in values.items()}
+    values = {k: dict(v) for k, v in unscored.values.items()}
     texts = []
-    for u in unscored:
-        if u is None:
+    for m in unscored.sides:
+        if m is None:
             texts.append("")
             continue
-        loaded = registry.get(u.key)
-        settings = u.text[1]
+        loaded = registry.get(m.key)
         scores = None
-        if scores_faithfulness(loaded, settings):
-            scores = faithfulness(loaded.model, u.x, u.heatmap, u.target, steps=PAGE_STEPS,
-                                  image_probability=u.probability)
-            values[u.key]["faithfulness"] = scores.to_dict()
-        texts.append(faithfulness_markdown(*u.text, scores))
-    texts += [""] * (2 - len(texts))
+        if scores_faithfulness(loaded, m.settings):
+            scores = faithfulness(loaded.model, m.x, m.heatmap, m.target, steps=PAGE_STEPS,
+                                  image_probability=m.probability)
+            values[m.key]["faithfulness"] = scores.to_dict()
+        texts.append(m.text(scores))
     return values, texts[0], texts[1]
 
 
@@ -226,21 +238,21 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
     loaded = load_models(ctx.registry, keys)
     targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
     sides: list[tuple] = []  # (picture, confidences) per model
-    unscored: list[Unscored | None] = []
+    shown: list[MapShown | None] = []
     values: dict[str, dict] = {}
     notes = []
     for key, m in loaded.items():
         if m is None:
             sides.append((None, None))
-            unscored.append(None)
+            shown.append(None)
             values[key] = {"label": ctx.registry.label(key), "available": False,
                            "reason": unavailable_message(ctx.registry, key)}
             notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
-        picture, confidences, values[key], u = explain_one(key, m, img, settings, targets[key])
+        picture, confidences, values[key], one = explain_one(key, m, img, settings, targets[key])
         sides.append((picture, confidences))
-        unscored.append(u)
+        shown.append(one)
         depth, heads = m.adapter.depth_and_heads(m.model)
         rows, cols = values[key]["grid_size"]
         flat = np.asarray(values[key]["values"])
@@ -249,11 +261,11 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
                      f"{(time.perf_counter() - start) * 1000:.0f} ms")
     sides += [(None, None)] * (2 - len(sides))
     (left, left_top), (right, right_top) = sides
+    unscored = Unscored(tuple(shown + [None] * (2 - len(shown))), values)
     if scored:
-        values, left_text, right_text = score(ctx.registry, unscored, values)
+        values, left_text, right_text = score(ctx.registry, unscored)
     else:
-        left_text, right_text = (faithfulness_markdown(*u.text, None, pending=True) if u else ""
-                                 for u in unscored + [None] * (2 - len(unscored)))
+        left_text, right_text = (m.text(None, pending=True) if m else "" for m in unscored.sides)
     return (left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text,
             unscored)
 
@@ -353,15 +365,15 @@ def build_tab(ctx: AppContext):
         return rollout(ctx, *args, scored=False)
 
     @user_errors()
-    def add_scores(unscored: list[Unscored | None], shown: dict):
-        return score(ctx.registry, unscored or [], shown or {})
+    def add_scores(unscored: Unscored):
+        return score(ctx.registry, unscored)
 
     inputs = [image, choice, method, head_fusion, discard_ratio, start_layer, target_class, layer,
               head, colormap, opacity, grid, view, faithfulness_all]
     outputs = [left, right, left_label, right_label, values, notes, left_faith, right_faith]
     unscored = gr.State()
     run.click(show_map, inputs=inputs, outputs=[*outputs, unscored], api_visibility="private",
-              **INFERENCE).success(add_scores, inputs=[unscored, values],
+              **INFERENCE).success(add_scores, inputs=[unscored],
                                    outputs=[values, left_faith, right_faith],
                                    api_visibility="private", **INFERENCE)
     # the API's one endpoint: map and scores in one answer (no button on the page fires it)
