@@ -80,7 +80,9 @@ def cmd_train(args) -> dict:
         if replace(start.cfg, depth=model_cfg.depth) != model_cfg:
             raise SystemExit(f"{args.init_from} is not the preset {args.preset} but for its depth")
         model = deepen(start, model_cfg.depth)
-        origin = Origin.of(start_card, how=f"model.deepen: {start.cfg.depth} to {model_cfg.depth} blocks")
+        how = (f"model.deepen: {start.cfg.depth} to {model_cfg.depth} blocks"
+               if start.cfg.depth != model_cfg.depth else "trained further, same architecture")
+        origin = Origin.of(start_card, how=how, training=start_card.training)
     bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
 
     def report(p: Progress) -> None:
