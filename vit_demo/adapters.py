@@ -1,12 +1,10 @@
 """The model interface: everything that differs between the two kinds of model the app shows.
 
-``ModelKind`` names a kind; ``adapter_for(kind)`` is its ``ModelAdapter``, the one place that
-knows how a model of that kind is built from its card, how many blocks and heads it has, which
-patch grid it makes of an input, and how its attention probabilities are captured:
-
-- ``scratch``: our ``ViT``, through its ``return_attention`` path;
-- ``timm``: timm's ``VisionTransformer``, run through its own submodules with the softmax
-  attention written out (``timm_forward_with_attention``).
+``adapter_for(kind)`` is the ``ModelAdapter`` of a ``ModelKind``, the one place that knows how
+a model of that kind is built from its card, how many blocks and heads it has, which patch grid
+it makes of an input, and how its attention probabilities are captured: our ``ViT`` through its
+``return_attention`` path; timm's ``VisionTransformer`` run through its own submodules with the
+softmax attention written out (``timm_forward_with_attention``).
 
 Both keep the patch embedding as ``patch_embed.proj`` and the position embedding as
 ``pos_embed``, so the inside figures need nothing kind-specific beyond the grid. Capturing
@@ -23,7 +21,6 @@ import torch.nn as nn
 
 from .card import ModelCard, ModelKind
 from .model import ViT
-
 
 
 class ModelAdapter(Protocol):
@@ -72,42 +69,6 @@ class ScratchAdapter:
         return model(x, return_attention=True)
 
 
-class TimmAdapter:
-    kind = ModelKind.TIMM
-
-    def build(self, card: ModelCard) -> nn.Module:
-        import timm
-
-        return timm.create_model(card.timm_name, pretrained=False, num_classes=len(card.classes))
-
-    def depth_and_heads(self, model: nn.Module) -> tuple[int, int]:
-        return len(model.blocks), model.blocks[0].attn.num_heads
-
-    def embedding_grid(self, model: nn.Module) -> tuple[int, int]:
-        return tuple(model.patch_embed.grid_size)
-
-    def patch_grid(self, model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-        if model.dynamic_img_size:
-            return tuple(model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
-        return tuple(model.patch_embed.grid_size)
-
-    def forward_with_attention(self, model: nn.Module, x: torch.Tensor
-                               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return timm_forward_with_attention(model, x)
-
-
-ADAPTERS: dict[ModelKind, ModelAdapter] = {a.kind: a for a in (ScratchAdapter(), TimmAdapter())}
-
-
-def adapter_for(kind: ModelKind | str) -> ModelAdapter:
-    """The adapter of ``kind`` (a ``ModelKind`` or its value); ``ValueError`` for another."""
-    try:
-        return ADAPTERS[ModelKind(kind)]
-    except ValueError:
-        raise ValueError(f"kind must be one of {', '.join(repr(k.value) for k in ModelKind)}, "
-                         f"got {kind!r}") from None
-
-
 def check_timm_supported(model: nn.Module) -> None:
     """Raise ``ValueError`` unless ``model`` is a timm ViT that ``timm_forward_with_attention``
     reproduces exactly and whose [CLS] token is what the head reads."""
@@ -133,17 +94,13 @@ def check_timm_supported(model: nn.Module) -> None:
 
 def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
                                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run a timm ``VisionTransformer`` through its own submodules, computing attention explicitly.
+    """``ModelAdapter.forward_with_attention`` of a timm ``VisionTransformer``.
 
     Follows ``VisionTransformer.forward_features`` / ``forward_head`` and ``Block.forward`` /
     ``Attention.forward`` (timm 1.0) step by step, with the softmax attention written out where
     timm would call ``scaled_dot_product_attention``. The logits equal ``model(x)`` (fused or
-    not) up to float rounding. Works with or without grad; under grad the returned attentions
-    are part of the graph, so d(logit)/d(attention) can be taken.
-
-    Returns:
-        logits (B, classes) and a list with each block's attention probabilities
-        (B, heads, T, T), token 0 = [CLS].
+    not) up to float rounding. Under grad the returned attentions are part of the graph, so
+    d(logit)/d(attention) can be taken.
     """
     check_timm_supported(model)
     _check_eval(model)
@@ -172,3 +129,37 @@ def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
         x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     x = model.norm(x)
     return model.forward_head(x), attentions
+
+
+class TimmAdapter:
+    kind = ModelKind.TIMM
+
+    def build(self, card: ModelCard) -> nn.Module:
+        import timm
+
+        return timm.create_model(card.timm_name, pretrained=False, num_classes=len(card.classes))
+
+    def depth_and_heads(self, model: nn.Module) -> tuple[int, int]:
+        return len(model.blocks), model.blocks[0].attn.num_heads
+
+    def embedding_grid(self, model: nn.Module) -> tuple[int, int]:
+        return tuple(model.patch_embed.grid_size)
+
+    def patch_grid(self, model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        if model.dynamic_img_size:
+            return tuple(model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
+        return tuple(model.patch_embed.grid_size)
+
+    forward_with_attention = staticmethod(timm_forward_with_attention)
+
+
+ADAPTERS: dict[ModelKind, ModelAdapter] = {a.kind: a for a in (ScratchAdapter(), TimmAdapter())}
+
+
+def adapter_for(kind: ModelKind | str) -> ModelAdapter:
+    """The adapter of ``kind`` (a ``ModelKind`` or its value); ``ValueError`` for another."""
+    try:
+        return ADAPTERS[ModelKind(kind)]
+    except ValueError:
+        raise ValueError(f"kind must be one of {', '.join(repr(k.value) for k in ModelKind)}, "
+                         f"got {kind!r}") from None

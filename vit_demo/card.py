@@ -1,21 +1,19 @@
 """Checkpoint cards: ``ModelCard``, the one typed and versioned description of a checkpoint, and
 the only code that writes or reads a card file.
 
-A card is ``NAME.json`` beside ``NAME.safetensors`` (see ``checkpoint``): what the model is
+A card (``NAME.json`` beside ``NAME.safetensors``, see ``checkpoint``) says what the model is
 (kind, architecture, classes, input), where its weights started (``Origin``), how it was
 trained (``Recipe``, ``Training``), what it scores (``Metrics``), and the digest of the tensors
-file it vouches for. The card is written last, so a pair without one is an unfinished write.
-``ModelCard.from_json`` is strict: another schema version, an unknown field, a missing one or a
-malformed value is a ``ValueError`` that says which.
+file it vouches for. ``ModelCard.from_json`` is strict: another schema version, an unknown
+field, a missing one or a malformed value is a ``ValueError`` that says which.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -165,7 +163,9 @@ class ModelCard:
             raise ValueError(f"a {self.kind.value} card needs its {ARCHITECTURE[self.kind]}")
 
     def to_json(self) -> str:
-        return json.dumps({"schema_version": self.schema_version, **_plain(self)}, indent=2) + "\n"
+        """Fields that are None are left out; ``ModelKind``, a ``str``, is written as its value."""
+        plain = asdict(self, dict_factory=lambda items: {k: v for k, v in items if v is not None})
+        return json.dumps({"schema_version": self.schema_version, **plain}, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
@@ -177,18 +177,6 @@ class ModelCard:
         return _from_plain(cls, data)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as JSON-able lists and dicts; fields that are None are left out."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)
-                if getattr(value, f.name) is not None}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _from_plain(tp: Any, value: Any) -> Any:
     """``value`` (parsed JSON) as the type ``tp``: dataclasses from dicts, field by field;
     tuples from lists; enums from their values."""
@@ -197,7 +185,7 @@ def _from_plain(tp: Any, value: Any) -> Any:
         return None
     if origin in (typing.Union, types.UnionType):
         return _from_plain(next(a for a in args if a is not type(None)), value)
-    if dataclasses.is_dataclass(tp):
+    if is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{tp.__name__}: expected an object, got {value!r}")
         unknown = set(value) - {f.name for f in fields(tp)}
@@ -252,11 +240,8 @@ def save_model(weights_dir: Path, name: str, state_dict: dict[str, torch.Tensor]
 
 
 def rewrite_card(weights_dir: Path, name: str, card: ModelCard) -> None:
-    """Atomically replace the card of checkpoint ``name`` (e.g. to add metrics).
-
-    The new card must keep the ``tensors`` entry of the card on disk, so that it still vouches
-    for the same tensors file.
-    """
+    """Atomically replace the card of checkpoint ``name`` (e.g. to add metrics); the new card
+    must keep the ``tensors`` entry of the one on disk, so it vouches for the same file."""
     if card.tensors is None or card.tensors != read_card(weights_dir, name).tensors:
         raise CheckpointError(f"the new card of {name!r} must keep the tensors entry of the old one")
     write_text(model_path(weights_dir, name, ".json"), card.to_json())
@@ -265,11 +250,8 @@ def rewrite_card(weights_dir: Path, name: str, card: ModelCard) -> None:
 def load_model_tensors(weights_dir: Path, name: str,
                        expected_shapes: dict[str, tuple[int, ...]] | None = None
                        ) -> tuple[dict[str, torch.Tensor], ModelCard]:
-    """Tensors and card of ``name``, checked against each other before any tensor is read.
-
-    ``expected_shapes`` (from the model the card describes) must match the file's tensors
-    key for key; the file's digest must match the card's.
-    """
+    """Tensors and card of ``name``, checked against each other before any tensor is read: the
+    file's digest must match the card's, and its shapes ``expected_shapes`` key for key."""
     card = read_card(weights_dir, name)
     path = model_path(weights_dir, name, ".safetensors")
     if not path.is_file():

@@ -64,11 +64,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=meta))
 
 
-def _not_safetensors(path: Path, exc: Exception) -> CheckpointError:
-    return CheckpointError(f"{Path(path).name} is not a valid safetensors file ({exc}); weights are "
-                           "read only as safetensors, never unpickled")
-
-
 def load_tensors(path: Path, expected_shapes: dict[str, tuple[int, ...]] | None = None
                  ) -> tuple[dict[str, torch.Tensor], dict | None]:
     """The tensors and JSON metadata of a safetensors file; ``expected_shapes`` (when given)
@@ -81,7 +76,8 @@ def load_tensors(path: Path, expected_shapes: dict[str, tuple[int, ...]] | None 
                 _check_shapes(Path(path).stem, shapes, expected_shapes)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as exc:
-        raise _not_safetensors(path, exc) from exc
+        raise CheckpointError(f"{Path(path).name} is not a valid safetensors file ({exc}); weights "
+                              "are read only as safetensors, never unpickled") from exc
     return tensors, (json.loads(meta["json"]) if "json" in meta else None)
 
 
@@ -91,11 +87,8 @@ def tensor_count(path: Path) -> int:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_text(path: Path, text: str) -> None:

@@ -42,25 +42,16 @@ def tracked_files(root: Path) -> list[str]:
     return [p for p in run.stdout.decode().split("\0") if p and (root / p).is_file()]
 
 
-def readme_images(readme: str) -> set[str]:
-    """Relative paths of the images ``![...](path)`` in the README's Markdown."""
-    return {m.removeprefix("./") for m in _README_IMAGE.findall(readme) if "://" not in m}
-
-
-def is_space_file(path: str) -> bool:
-    parts = path.split("/")
-    return (path in TOP_LEVEL
-            or (parts[0] == "vit_demo" and path.endswith(".py"))
-            or (len(parts) == 2 and parts[0] == "weights"
-                and path.endswith((".safetensors", ".json"))))
-
-
 def space_files(root: Path = REPO_ROOT) -> list[str]:
     """Every file the Space needs, sorted; raises ``DeployError`` if an essential one is missing."""
     tracked = tracked_files(root)
     readme = root / "README.md"
-    shown = readme_images(readme.read_text(encoding="utf-8")) if readme.is_file() else set()
-    files = sorted(p for p in tracked if is_space_file(p) or p in shown)
+    markdown = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    # the images ``![...](path)`` the README shows from this repository
+    shown = {m.removeprefix("./") for m in _README_IMAGE.findall(markdown) if "://" not in m}
+    files = sorted(p for p in tracked if p in TOP_LEVEL or p in shown
+                   or (p.startswith("vit_demo/") and p.endswith(".py"))
+                   or (p.rpartition("/")[0] == "weights" and p.endswith((".safetensors", ".json"))))
     missing = [p for p in TOP_LEVEL if p not in files]
     if missing:
         raise DeployError(f"not tracked by git in {root}: {', '.join(missing)}")
@@ -88,21 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_deploy(args: argparse.Namespace, root: Path = REPO_ROOT) -> int:
     """The ``deploy`` command; 0 on success, 1 with a message on failure."""
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", args.space):
-        print(f"deploy: {args.space!r} is not OWNER/SPACE")
-        return 1
     try:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", args.space):
+            raise DeployError(f"{args.space!r} is not OWNER/SPACE")
         files = space_files(root)
     except DeployError as exc:
         print(f"deploy: {exc}")
         return 1
-    total = 0
-    for path in files:
-        size = (root / path).stat().st_size
-        total += size
+    sizes = [(root / path).stat().st_size for path in files]
+    for path, size in zip(files, sizes):
         print(f"{size:>12,}  {path}")
     url = f"https://huggingface.co/spaces/{args.space}"
-    print(f"{len(files)} files, {total / 1e6:.1f} MB")
+    print(f"{len(files)} files, {sum(sizes) / 1e6:.1f} MB")
     if args.dry_run:
         print(f"dry run: nothing uploaded; without --dry-run these become {url}")
         return 0

@@ -89,11 +89,9 @@ def model_metrics(model: nn.Module, test: Split, data_cfg: DataConfig, num_class
 
 
 def store_metrics(weights_dir: Path, card: ModelCard, metrics: Metrics) -> ModelCard:
-    """Rewrite the card (of checkpoint ``card.name``) atomically with ``metrics``.
-
-    ``card`` is the card the evaluated model was loaded with: the rewrite fails if the
-    checkpoint on disk has been replaced since, so metrics never land on other tensors.
-    """
+    """Rewrite the card (of checkpoint ``card.name``) atomically with ``metrics``. ``card`` is the
+    one the evaluated model was loaded with: the rewrite fails if the checkpoint on disk has been
+    replaced since, so metrics never land on other tensors."""
     updated = replace(card, metrics=metrics)
     rewrite_card(weights_dir, card.name, updated)
     return updated

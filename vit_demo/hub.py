@@ -53,22 +53,21 @@ def preload_from_hub() -> list[str]:
     return [f"{repo} {','.join(files)}" for repo, files in HUB_FILES.items()]
 
 
-def split_name(name: str) -> tuple[str, str | None]:
-    """``"hf-hub:owner/name@rev"`` (prefix and revision optional) to (repo id, revision)."""
-    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition("@")
-    return repo_id, revision or None
-
-
 def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:
-    """The hub model ``name`` (``hf-hub:owner/name``, the prefix optional) in eval mode, and
-    the data config its input needs. Raises ``HubUnavailable``."""
+    """The hub model ``name`` (``hf-hub:owner/name@revision``, prefix and revision optional) in
+    eval mode, and the data config its input needs. Raises ``HubUnavailable``."""
     import timm
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
-    repo_id, revision = split_name(name)
+    repo_id, _, revision = name.removeprefix(HUB_PREFIX).partition("@")
+    revision = revision or None
     try:
-        config = _config(repo_id, revision)
-        arch = timm_architecture(config)
+        with open(hf_hub_download(repo_id, "config.json", revision=revision),
+                  encoding="utf-8") as f:
+            config = json.load(f)
+        arch = str(config.get("architecture", "")).removeprefix("timm/")
+        arch = arch if timm.is_model(arch) else FALLBACK_ARCH
         try:
             model = timm.create_model(HUB_PREFIX + name.removeprefix(HUB_PREFIX), pretrained=True)
         except RuntimeError:  # an architecture timm does not know, or weights that do not fit it
@@ -78,20 +77,10 @@ def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:
     return model.eval(), data_config(config, arch)
 
 
-def timm_architecture(config: dict) -> str:
-    """The timm architecture (with tag) to read the weights into: the one config.json names,
-    without a ``timm/`` prefix, when timm knows it; else FALLBACK_ARCH."""
-    import timm
-
-    arch = str(config.get("architecture", "")).removeprefix("timm/")
-    return arch if timm.is_model(arch) else FALLBACK_ARCH
-
-
 def data_config(config: dict, arch: str) -> DataConfig:
     """The input fields config.json states (timm's ``pretrained_cfg``, or the legacy one-dict
-    layout), the rest from timm's pretrained config of ``arch`` (its default tag if untagged):
-    timm itself would fill them with ImageNet's defaults, which this checkpoint's base does
-    not use."""
+    layout), the rest from timm's config of ``arch`` (its default tag if untagged), not from
+    ImageNet's defaults as timm itself would, which this checkpoint's base does not use."""
     import timm
 
     stated = config.get("pretrained_cfg", config)
@@ -101,9 +90,17 @@ def data_config(config: dict, arch: str) -> DataConfig:
 
 
 def _load_weights_into_timm(repo_id: str, revision: str | None, arch: str) -> nn.Module:
+    """The repository's weights (model.safetensors, else pytorch_model.bin) in timm's ``arch``."""
     import timm
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors.torch import load_file
 
-    state = _weights(repo_id, revision)
+    try:
+        state = load_file(hf_hub_download(repo_id, SAFETENSORS_FILE, revision=revision))
+    except EntryNotFoundError:  # not in the repository, or (offline) not in the cache
+        state = torch.load(hf_hub_download(repo_id, PICKLE_FILE, revision=revision),
+                           map_location="cpu", weights_only=True)
     if "head.weight" not in state:
         raise HubUnavailable(f"{repo_id}: the weights have no classifier head ('head.weight'), "
                              f"so they are not a timm {arch} fine-tune")
@@ -115,26 +112,6 @@ def _load_weights_into_timm(repo_id: str, revision: str | None, arch: str) -> nn
         raise HubUnavailable(f"{repo_id}: the weights do not fit timm's {arch}: "
                              f"{lines[1] if len(lines) > 1 else lines[0]}") from exc
     return model
-
-
-def _config(repo_id: str, revision: str | None) -> dict:
-    from huggingface_hub import hf_hub_download
-
-    with open(hf_hub_download(repo_id, "config.json", revision=revision), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _weights(repo_id: str, revision: str | None) -> dict[str, torch.Tensor]:
-    """The state dict in the repository: model.safetensors, else pytorch_model.bin."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(hf_hub_download(repo_id, SAFETENSORS_FILE, revision=revision))
-    except EntryNotFoundError:  # not in the repository, or (offline) not in the cache
-        path = hf_hub_download(repo_id, PICKLE_FILE, revision=revision)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _explain(repo_id: str, exc: Exception) -> str:

@@ -3,12 +3,10 @@
 A model's key is its identity everywhere: ``scratch`` and ``vit-b16`` are the app's own
 models, read-only, from the shipped ``weights/`` folder (ViT-B/16 from the Hugging Face hub
 when weights/ has no ``vit-b16-cifar10``); every other key is a fine-tuned checkpoint's name in
-the fine-tune folder. Two kinds of model (``ModelKind``; what differs between them is behind
-each kind's ``ModelAdapter``, in ``adapters``):
-- ``scratch``: our ``ViT``;
-- ``timm``: timm's ``vit_base_patch16_224`` with a 10-class head.
-The hub download runs in a background thread, so the app starts without it; offline it becomes
-"unavailable" with the reason and the way to get it.
+the fine-tune folder. Each has a ``ModelKind`` (our ``ViT`` or timm's), from its card; what
+differs between kinds is behind each kind's ``ModelAdapter``, in ``adapters``. The hub download
+runs in a background thread, so the app starts without it; offline it becomes "unavailable"
+with the reason and the way to get it.
 
 Every model loads once per process; a loaded model is in eval mode and only read afterwards,
 so concurrent requests can share it.
@@ -72,11 +70,6 @@ class ModelStatus:
     source: str
 
 
-def hub_name() -> str:
-    name = os.environ.get(VITB16_HUB_ENV, DEFAULT_VITB16_HUB)
-    return name if name.startswith(HUB_PREFIX) else f"{HUB_PREFIX}{name}"
-
-
 def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, ModelKind, DataConfig, ModelCard]:
     """Model, kind, data config and card of checkpoint ``name`` in ``weights_dir``."""
     card = read_card(weights_dir, name)
@@ -120,7 +113,8 @@ class Registry:
         if key == VITB16:
             if (self.weights_dir / f"{VITB16_CHECKPOINT}.json").is_file():
                 return self.weights_dir, VITB16_CHECKPOINT
-            return None, hub_name()
+            hub_name = os.environ.get(VITB16_HUB_ENV, DEFAULT_VITB16_HUB)
+            return None, HUB_PREFIX + hub_name.removeprefix(HUB_PREFIX)
         return self.finetune_dir, key
 
     def describe_source(self, key: str) -> str:
@@ -132,11 +126,8 @@ class Registry:
         return f"{'weights' if folder == self.weights_dir else 'fine-tuned'}/{name}.safetensors"
 
     def label(self, key: str) -> str:
-        if key == SCRATCH:
-            return "Scratch ViT (CIFAR-10)"
-        if key == VITB16:
-            return "ViT-B/16 (timm, fine-tuned on CIFAR-10)"
-        return f"Fine-tuned: {key}"
+        return {SCRATCH: "Scratch ViT (CIFAR-10)",
+                VITB16: "ViT-B/16 (timm, fine-tuned on CIFAR-10)"}.get(key, f"Fine-tuned: {key}")
 
     def kind(self, key: str) -> ModelKind:
         folder, name = self.source(key)
@@ -149,32 +140,28 @@ class Registry:
 
     def status(self, key: str) -> ModelStatus:
         folder, name = self.source(key)
-        source = self.describe_source(key)
         with self._lock:
             loaded = self._loaded.get(key)
             error = self._errors.get(key)
             loading = key in self._loading
+        state, reason = NOT_LOADED, ""
         if loaded is not None:
-            return ModelStatus(key, self.label(key), loaded.kind, READY, "", source)
-        kind = self.kind(key)
-        if error is not None:
-            return ModelStatus(key, self.label(key), kind, UNAVAILABLE, error, source)
-        if loading:
-            return ModelStatus(key, self.label(key), kind, LOADING, "", source)
-        if folder is not None and not (folder / f"{name}.json").is_file():
-            return ModelStatus(key, self.label(key), kind, UNAVAILABLE, self._missing_reason(key),
-                               source)
-        return ModelStatus(key, self.label(key), kind, NOT_LOADED, "", source)
+            state = READY
+        elif error is not None:
+            state, reason = UNAVAILABLE, error
+        elif loading:
+            state = LOADING
+        elif folder is not None and not (folder / f"{name}.json").is_file():
+            state, reason = UNAVAILABLE, f"no checkpoint {key!r} among the fine-tuned models"
+            if key == SCRATCH:
+                reason = (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in "
+                          f"weights/; train it with `python -m vit_demo train --name "
+                          f"{SCRATCH_CHECKPOINT}` (see the README)")
+        kind = loaded.kind if loaded is not None else self.kind(key)
+        return ModelStatus(key, self.label(key), kind, state, reason, self.describe_source(key))
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(k) for k in self.keys()]
-
-    def _missing_reason(self, key: str) -> str:
-        if key == SCRATCH:
-            return (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in weights/; "
-                    f"train it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` "
-                    "(see the README)")
-        return f"no checkpoint {key!r} among the fine-tuned models"
 
     # -- loading -------------------------------------------------------------------------
     def get(self, key: str) -> LoadedModel:
