@@ -5,9 +5,8 @@ or any other module or global state, no patching of timm. Grad mode is switched 
 managers, which are thread-local, so concurrent calls on one shared model are safe. Models
 must be in eval mode (dropout and stochastic depth off); this is checked, not changed.
 
-Arguments a person chooses (method, layer, head, start layer, target class) are checked here
-and refused with a ``ValueError`` whose message is written for that person; the app shows it
-as it is.
+Arguments a person chooses (method, layer, head, start layer, target class) are refused with a
+``ValueError`` whose message is written for that person; the app shows it as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from .adapters import ModelKind, adapter_for
-from .rollout import HEAD_FUSIONS, attention_rollout, cls_map, fuse_heads, grad_rollout
+from .rollout import (attention_rollout, check_head_fusion, check_index, cls_map, fuse_heads,
+                      grad_rollout)
 
 METHODS = ("rollout", "grad", "raw")
 
@@ -46,18 +46,12 @@ class AttentionGradients(NamedTuple):
 
 def attention_gradients(model: nn.Module, kind: ModelKind | str, x: torch.Tensor,
                         target_class: int | torch.Tensor | None = None) -> AttentionGradients:
-    """Attention and d(logit of the target class)/d(attention) per layer, all detached.
+    """Attention and d(logit of the target class)/d(attention) per layer, all detached;
+    ``target_class``: an int for all images or a (B,) tensor, None: the predicted class.
 
     Works even when called under ``torch.inference_mode()`` or with frozen parameters: the
     input is copied into a tensor that requires grad, and gradients are taken with
     ``torch.autograd.grad`` (nothing accumulates in any ``.grad``).
-
-    Args:
-        target_class: the class per image, an int for all or a (B,) tensor; None = predicted class.
-
-    Returns:
-        ``AttentionGradients`` (a named tuple: logits, attentions, gradients, grid_size,
-        target_class).
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone().requires_grad_(True)
@@ -79,7 +73,8 @@ def explain(model: nn.Module, kind: ModelKind | str, x: torch.Tensor, method: st
             head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0,
             target_class: int | torch.Tensor | None = None, layer: int | None = None,
             head: int | None = None) -> dict:
-    """A (rows, cols) map per image of where the model's [CLS] token looks, with the logits.
+    """For the preprocessed images ``x`` (B, C, H, W): a (rows, cols) map per image of where the
+    model's [CLS] token looks, with the logits.
 
     Methods:
         "rollout": attention rollout (``head_fusion``, ``discard_ratio``, ``start_layer``).
@@ -90,18 +85,13 @@ def explain(model: nn.Module, kind: ModelKind | str, x: torch.Tensor, method: st
             the last, negative indices count from the end) and ``head`` (default None: heads
             fused with ``head_fusion``).
 
-    Args:
-        x: preprocessed images (B, C, H, W) as the model expects them.
-
-    Returns:
-        dict with "map" (B, rows, cols) float tensor (raw weights, not rescaled for display),
-        "logits" (B, classes), "grid_size" (rows, cols), "method", and "target_class"
-        ((B,) long tensor for "grad", else None). All tensors are detached.
+    Returns a dict with "map" (B, rows, cols) float tensor (raw weights, not rescaled for
+    display), "logits" (B, classes), "grid_size" (rows, cols), "method", and "target_class"
+    ((B,) long tensor for "grad", else None). All tensors are detached.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}. Choose one of: {', '.join(METHODS)}.")
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"Unknown head fusion {head_fusion!r}. Choose one of: {', '.join(HEAD_FUSIONS)}.")
+    check_head_fusion(head_fusion)
     target = None
     if method == "grad":
         logits, attentions, gradients, grid, target = attention_gradients(model, kind, x, target_class)
@@ -123,16 +113,12 @@ def _raw_cls_map(attentions: list[torch.Tensor], grid: tuple[int, int], head_fus
     """The [CLS] row of one layer (one head, or heads fused) over the patches: (B, rows, cols)."""
     depth = len(attentions)
     layer = depth - 1 if layer is None else layer
-    if not -depth <= layer < depth:
-        raise ValueError(f"Layer {layer} is outside the model's {depth} layers: use 0 to "
-                         f"{depth - 1}, or -1 for the last.")
+    check_index("Layer", layer, depth, "layers", -depth, ", or -1 for the last")
     attn = attentions[layer]  # (B, heads, T, T)
     if head is None:
         fused = fuse_heads(attn, head_fusion)  # (B, T, T)
     else:
         heads = attn.shape[1]
-        if not -heads <= head < heads:
-            raise ValueError(f"Head {head} is outside the model's {heads} heads: use 0 to "
-                             f"{heads - 1}, or leave it empty for all heads.")
+        check_index("Head", head, heads, "heads", -heads, ", or leave it empty for all heads")
         fused = attn[:, head]  # (B, T, T)
     return cls_map(fused, grid)

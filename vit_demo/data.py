@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +114,8 @@ def class_balanced_indices(y: torch.Tensor, per_class: int) -> torch.Tensor:
 
 def crop_flip_draws(batch: int, generator: torch.Generator, pad: int = 4
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random numbers ``random_crop_flip`` uses, drawn in its order from ``generator``.
-
-    Row offsets (B,) and column offsets (B,) in [0, 2*pad] into the padded image, then
-    horizontal-flip flags (B,) bool; all on the CPU.
-    """
+    """The random numbers of ``random_crop_flip``, in its order, on the CPU: row and column
+    offsets (B,) each in [0, 2*pad] into the padded image, then horizontal-flip flags (B,) bool."""
     dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator)
     flip = torch.rand(batch, generator=generator) < 0.5
@@ -128,9 +125,8 @@ def crop_flip_draws(batch: int, generator: torch.Generator, pad: int = 4
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after reflect padding, and random horizontal flip, for a whole batch at once.
 
-    x: uint8 or float (B, H, W, C) on any device; the random numbers come from ``generator``
-    (on the CPU, see ``crop_flip_draws``) so the result depends on the generator alone, not on
-    the device.
+    x: uint8 or float (B, H, W, C) on any device; the random numbers are ``crop_flip_draws`` (on
+    the CPU), so the result depends on the generator alone, not on the device.
     """
     B, H, W, _ = x.shape
     padded = F.pad(x.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect")
@@ -147,13 +143,10 @@ def resized_crop_flip_draws(batch: int, generator: torch.Generator,
                             scale: tuple[float, float] = (0.35, 1.0),
                             ratio: tuple[float, float] = (3 / 4, 4 / 3)
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The random numbers ``random_resized_crop_flip`` uses, drawn in its order from ``generator``.
-
-    Crop width and height as fractions of the image's (B,) each, in (0, 1]: area fraction
-    uniform in ``scale``, aspect ratio log-uniform in ``ratio``, each side clipped to the
-    image; the crop's left and top edges as fractions (B,) each, uniform over the positions
-    that keep the crop inside; horizontal-flip flags (B,) bool. All on the CPU.
-    """
+    """The random numbers of ``random_resized_crop_flip``, in its order, on the CPU: crop width
+    and height as fractions (B,) each in (0, 1] (area uniform in ``scale``, aspect ratio
+    log-uniform in ``ratio``, each side clipped to the image); the left and top edges as
+    fractions (B,) each, uniform over the positions inside; horizontal-flip flags (B,) bool."""
     area = torch.empty(batch).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(batch).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
@@ -203,8 +196,7 @@ def mix_batch(x: torch.Tensor, generator: torch.Generator, mixup: float = 0.0,
     with a permutation of itself; with both on, each batch draws one of them at even odds.
 
     lam ~ Beta(alpha, alpha); cutmix pastes a box of area (1 - lam) * H * W centred uniformly
-    (clipped at the borders) and returns lam corrected to the box actually pasted. The random
-    numbers come from ``generator`` (on the CPU).
+    (clipped at the borders) and returns lam corrected to the box actually pasted.
     """
     assert mixup > 0 or cutmix > 0, "mix_batch needs mixup or cutmix"
     B, _, H, W = x.shape
@@ -240,20 +232,28 @@ class DataConfig:
                    cfg.get("interpolation", "bicubic"), float(cfg.get("crop_pct", 1.0)))
 
     def to_dict(self) -> dict:
-        return {"input_size": list(self.input_size), "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation,
-                "crop_pct": self.crop_pct}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 CIFAR10_DATA_CONFIG = DataConfig((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
 
 
-def preprocess_batch(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
-    """uint8 (B, H, W, C) images to the model's normalised float (B, C, H', W') input.
+def resized_crop(size: tuple[int, int], input_size: tuple[int, int], crop_pct: float = 1.0
+                 ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """How timm's eval transform frames a photo of ``size`` = (width, height) for an input of
+    ``input_size`` = (height, width): the size (width, height) the photo is resized to, its short
+    side ``floor(min(input_size) / crop_pct)``, and the centre crop (left, top, right, bottom)."""
+    w, h = size
+    in_h, in_w = input_size
+    short = math.floor(min(in_h, in_w) / crop_pct)  # timm's scale_size
+    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    left, top = int(round((new_w - in_w) / 2.0)), int(round((new_h - in_h) / 2.0))
+    return (new_w, new_h), (left, top, left + in_w, top + in_h)
 
-    Resizes (e.g. CIFAR's 32 px up to 224) when the model's input size differs; runs on the
-    device the batch is on.
-    """
+
+def preprocess_batch(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 (B, H, W, C) images to the model's normalised float (B, C, H', W') input, resized
+    (e.g. CIFAR's 32 px up to 224) when the model's input size differs, on the batch's device."""
     x = x.permute(0, 3, 1, 2).float().div_(255)  # (B, C, H, W) in [0, 1]
     size = tuple(cfg.input_size[1:])
     if tuple(x.shape[-2:]) != size:

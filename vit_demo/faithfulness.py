@@ -13,13 +13,10 @@ Two baselines give the numbers a scale for the same image: a **random** order of
 and **centre-first** (patches by distance from the image centre: photographers centre their
 subject, so a map must beat this guess to show more than that).
 
-All curves of one image (the map and both baselines, deletion and insertion) are evaluated in
-one batched pass of the model: the all-baseline image, once for all curves, ``steps - 1`` inner
-points per curve, and the image itself unless the caller already has its probability from its
-own forward pass (``perturbed_count``). The step count is the price: the attention tab scores at
-``PAGE_STEPS`` (19 inputs for three maps, the image's forward reused), the README's table at
-``DEFAULT_STEPS`` (44); ``benchmarks/bench_faithfulness.py --compare-steps`` measures how far
-apart the two are.
+All curves of one image are evaluated in one batched pass of the model (``perturbed_count``
+inputs). The step count is the price: the attention tab scores at ``PAGE_STEPS`` (19 inputs for
+three maps), the README's table at ``DEFAULT_STEPS`` (44);
+``benchmarks/bench_faithfulness.py --compare-steps`` measures how far apart the two are.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ DEFAULT_STEPS = 8  # curve points minus one: patches are removed in ``steps`` eq
 # only 56 % (README, "How faithful are the maps").
 PAGE_STEPS = 4
 BATCH_SIZE = 256  # inputs per forward pass
-BASELINES = ("random", "centre")
 # The map counts as explaining the prediction better than a baseline when its deletion score is
 # lower and its insertion score higher, by at least this much on at least one of the two.
 MARGIN = 0.02
@@ -57,8 +53,7 @@ def check_map(heatmap: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def patch_order(heatmap: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Patch indices (row-major) from the highest map value to the lowest; ties in index order."""
-    m = check_map(heatmap).flatten()
-    return torch.sort(-m, stable=True).indices
+    return torch.sort(-check_map(heatmap).flatten(), stable=True).indices
 
 
 def centre_map(rows: int, cols: int) -> torch.Tensor:
@@ -71,8 +66,7 @@ def centre_map(rows: int, cols: int) -> torch.Tensor:
 
 def random_map(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     """A (rows, cols) map of independent uniform values (a random patch order), seeded."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(rows, cols, generator=gen, dtype=torch.float64)
+    return torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def step_counts(num_patches: int, steps: int) -> list[int]:
@@ -103,37 +97,12 @@ def patch_masks(order: torch.Tensor, counts: list[int], grid: tuple[int, int],
     return on[..., ys, :][..., xs]  # (..., K, H, W)
 
 
-def perturbed_inputs(x: torch.Tensor, masks: torch.Tensor, mode: str,
-                     baseline: float = 0.0) -> torch.Tensor:
-    """``x`` (C, H, W) with the masked pixels set to ``baseline`` ("deletion") or with only the
-    masked pixels kept and the rest set to ``baseline`` ("insertion"): (K, C, H, W)."""
-    if mode == "deletion":
-        keep = 1.0 - masks
-    elif mode == "insertion":
-        keep = masks
-    else:
-        raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    keep = keep[:, None].to(x.dtype)  # (K, 1, H, W)
-    return x[None] * keep + baseline * (1.0 - keep)
-
-
 def area(curve: np.ndarray | torch.Tensor) -> float:
     """Area under a curve sampled at equal steps over [0, 1] (trapezoid rule)."""
     y = np.asarray(curve, dtype=np.float64)
     if y.ndim != 1 or y.size < 2:
         raise ValueError(f"a curve needs at least two points, got shape {y.shape}")
     return float(((y[1:] + y[:-1]) / 2).sum() / (y.size - 1))
-
-
-def class_probabilities(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
-                        target: int, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Softmax probability of ``target`` for every input (N, C, H, W), in batches: (N,)."""
-    out = []
-    with torch.inference_mode():
-        for start in range(0, inputs.shape[0], batch_size):
-            logits = model(inputs[start:start + batch_size])
-            out.append(logits.float().softmax(dim=-1)[:, target])
-    return torch.cat(out)
 
 
 def perturbed_count(steps: int, maps: int = 3, image_known: bool = True) -> int:
@@ -147,20 +116,13 @@ def curves(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
            maps: dict[str, torch.Tensor | np.ndarray], target: int, steps: int = DEFAULT_STEPS,
            baseline: float = 0.0, batch_size: int = BATCH_SIZE,
            image_probability: float | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Deletion and insertion curves of every map for one image, in one batched pass.
+    """Deletion and insertion curves of every map (name -> (rows, cols), all on one patch grid)
+    for one preprocessed input ``x`` (1, C, H, W) or (C, H, W), in one batched pass of ``model``
+    (logits from a batch, in eval mode). ``image_probability``: the probability of ``target``
+    for ``x``, when the caller has it from its own forward pass (None: evaluated here).
 
-    Args:
-        model: logits from a batch of inputs (the model itself, in eval mode).
-        x: the model's input, (1, C, H, W) or (C, H, W), already preprocessed.
-        maps: name -> (rows, cols) map; all on the same patch grid.
-        target: the class whose probability is followed.
-        steps: curve points minus one (at most the number of patches).
-        image_probability: the probability of ``target`` for ``x`` itself, when the caller has
-            it from its own forward pass (None: evaluated here).
-
-    Returns:
-        name -> {"deletion": (K,), "insertion": (K,)} probabilities, K = steps + 1 (fewer
-        when the grid has fewer patches).
+    Returns name -> {"deletion": (K,), "insertion": (K,)} probabilities, K = steps + 1 (fewer
+    when the grid has fewer patches).
     """
     x = x[0] if x.ndim == 4 else x
     if x.ndim != 3:
@@ -177,10 +139,13 @@ def curves(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     inner = counts[1:-1]
     orders = torch.stack([patch_order(m) for m in checked.values()])  # (maps, P)
     masks = patch_masks(orders, inner, grid, tuple(x.shape[-2:])).flatten(0, 1)  # (maps * n, H, W)
+    changed = masks[:, None].to(x.dtype)  # (maps * n, 1, H, W)
     ends = [torch.full_like(x, baseline)[None]] + ([x[None]] if image_probability is None else [])
-    batch = torch.cat([*ends, perturbed_inputs(x, masks, "deletion", baseline),
-                       perturbed_inputs(x, masks, "insertion", baseline)])
-    probs = class_probabilities(model, batch, target, batch_size).numpy().astype(np.float64)
+    batch = torch.cat([*ends, x[None] * (1.0 - changed) + baseline * changed,  # deletion
+                       x[None] * changed + baseline * (1.0 - changed)])  # insertion
+    with torch.inference_mode():
+        probs = torch.cat([model(part).float().softmax(dim=-1)[:, target]
+                           for part in batch.split(batch_size)]).numpy().astype(np.float64)
     empty = probs[0]
     full = probs[1] if image_probability is None else float(image_probability)
     n, total = len(inner), len(checked) * len(inner)
@@ -252,8 +217,7 @@ def faithfulness(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     maps = {"map": m, "random": random_map(rows, cols, seed), "centre": centre_map(rows, cols)}
     got = curves(model, x, maps, target, steps, baseline, batch_size, image_probability)
     scores = {name: Scores(area(c["deletion"]), area(c["insertion"])) for name, c in got.items()}
-    return Faithfulness(target, scores["map"], scores["random"], scores["centre"],
-                        len(got["map"]["deletion"]) - 1)
+    return Faithfulness(target, steps=len(got["map"]["deletion"]) - 1, **scores)
 
 
 def mean_scores(scores: list[Scores]) -> Scores:

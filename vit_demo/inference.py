@@ -7,7 +7,6 @@ raises ``BadImage`` with a message for the person, never a stack trace.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import DataConfig
+from .data import DataConfig, preprocess_batch, resized_crop
 from .registry import LoadedModel
 
 MAX_FILE_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
@@ -103,20 +102,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # photos of 32 / 224 / 512 / 1024 px: to the scratch ViT's 32 px 0.09/0.14, 0.61/0.74,
 # 11.8/12.0, 31.4/35.2; to ViT-B/16's 224 px 6.5/2.4, 10.4/9.1, 17.1/21.5, 46.1/46.2.
 def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
-    """RGB image to the model's (1, C, H, W) input: resize the short side to size / crop_pct,
-    centre-crop, normalise, as timm's eval transform does."""
-    _, H, W = cfg.input_size
+    """RGB image to the model's (1, C, H, W) input: resized and centre-cropped
+    (``data.resized_crop``), then normalised (``data.preprocess_batch``), as timm's eval
+    transform does."""
     resample = Image.BICUBIC if cfg.interpolation == "bicubic" else Image.BILINEAR
-    short = math.floor(min(H, W) / cfg.crop_pct)  # timm's scale_size
-    w, h = img.size
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)  # (W', H')
-    img = img.resize(new, resample)
-    top, left = int(round((new[1] - H) / 2.0)), int(round((new[0] - W) / 2.0))
-    img = img.crop((left, top, left + W, top + H))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (C, H, W)
-    mean = torch.tensor(cfg.mean).view(-1, 1, 1)
-    std = torch.tensor(cfg.std).view(-1, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+    new_size, box = resized_crop(img.size, cfg.input_size[1:], cfg.crop_pct)
+    img = img.resize(new_size, resample).crop(box)
+    return preprocess_batch(torch.from_numpy(np.array(img))[None], cfg)  # (1, H, W, C) uint8 in
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,9 @@
 - Mean attention distance: per layer and head, how far (in pixels of the model's input) a
   patch query looks, weighted by its attention.
 
-Plain functions, torch only, for both kinds of model (our ``ViT`` and timm's
-``VisionTransformer``): both keep the patch embedding as ``patch_embed.proj`` (a convolution
-with kernel = stride = patch size) and the position embedding as ``pos_embed``; their grids
-and attention come from the model's adapter (``adapters``).
+Plain functions, torch only, for both kinds of model: both keep the patch embedding as
+``patch_embed.proj`` (kernel = stride = patch size) and the position embedding as ``pos_embed``;
+their grids and attention come from the model's adapter (``adapters``).
 """
 
 from __future__ import annotations
@@ -43,11 +42,9 @@ def patch_size(model: nn.Module) -> tuple[int, int]:
 
 
 def patch_position_embedding(model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
-    """The position embeddings of the patches (rows*cols, dim), row by row, without [CLS]'s.
-
-    Both layouts are accepted: ``pos_embed`` (1, 1+N, dim) with the class token's position at
-    index 0 (our ``ViT``, timm's default) or (1, N, dim) (timm's ``no_embed_class``).
-    """
+    """The position embeddings of the patches (rows*cols, dim), row by row, without [CLS]'s:
+    ``pos_embed`` may be (1, 1+N, dim), [CLS] first (our ``ViT``, timm's default), or (1, N, dim)
+    (timm's ``no_embed_class``)."""
     pos = model.pos_embed.detach()[0]  # (1+N or N, dim)
     n = grid[0] * grid[1]
     if pos.shape[0] not in (n, n + 1):
@@ -56,12 +53,9 @@ def patch_position_embedding(model: nn.Module, grid: tuple[int, int]) -> torch.T
 
 
 def filter_components(weight: torch.Tensor, k: int = COMPONENTS) -> FilterComponents:
-    """The first ``k`` principal components of the filters ``weight`` (dim, C, ph, pw).
-
-    PCA over the ``dim`` filters (each flattened to C*ph*pw values, centred on the mean filter).
-    At most C*ph*pw components exist. A component's sign is arbitrary; it is fixed so that its
-    largest-magnitude value is positive.
-    """
+    """The first ``k`` (at most C*ph*pw) principal components of the ``dim`` filters ``weight``
+    (dim, C, ph, pw), each flattened and centred on the mean filter; a component's arbitrary sign
+    is fixed so that its largest-magnitude value is positive."""
     flat = weight.detach().double().flatten(1)  # (dim, C*ph*pw)
     centred = flat - flat.mean(dim=0, keepdim=True)
     _, s, vt = torch.linalg.svd(centred, full_matrices=False)  # vt: (r, C*ph*pw), s descending
@@ -75,11 +69,8 @@ def filter_components(weight: torch.Tensor, k: int = COMPONENTS) -> FilterCompon
 
 
 def position_similarity(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Cosine similarity of every patch's position embedding with every other one.
-
-    pos: (rows*cols, dim), row by row. Returns (rows, cols, rows, cols): entry [r, c] is the
-    map of position (r, c)'s similarity to every position of the grid.
-    """
+    """Cosine similarity of every patch's position embedding ``pos`` (rows*cols, dim, row by row)
+    with every other one: (rows, cols, rows, cols), entry [r, c] the map of position (r, c)'s."""
     unit = torch.nn.functional.normalize(pos.detach().double(), dim=-1)  # (N, dim)
     return (unit @ unit.T).float().reshape(*grid, *grid)
 
@@ -94,13 +85,10 @@ def patch_distances(grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tens
 
 def mean_attention_distance(attentions: list[torch.Tensor] | tuple[torch.Tensor, ...],
                             grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
-    """Mean attention distance in pixels per layer and head: (layers, heads).
-
-    attentions: per layer (B, heads, 1+N, 1+N), token 0 = [CLS], rows = queries. [CLS] is left
-    out as query and as key: each patch query's attention over the patch keys is renormalised
-    to sum to 1, then the distance to each key is weighted by it. The result is the mean over
-    the B images and the N queries.
-    """
+    """Mean attention distance in pixels per layer and head: (layers, heads), over the B images
+    and N queries of ``attentions`` (per layer (B, heads, 1+N, 1+N), token 0 = [CLS], rows =
+    queries). [CLS] is left out as query and as key: each patch query's attention over the patch
+    keys is renormalised to sum to 1, then the distance to each key is weighted by it."""
     dist = patch_distances(grid, patch)  # (N, N)
     out = []
     for attn in attentions:
@@ -121,12 +109,11 @@ def attention_distance_over(model: nn.Module, kind: ModelKind | str, x: torch.Te
     """Mean attention distance (layers, heads) of ``model`` over the preprocessed images ``x``
     (B, C, H, W), in batches of ``batch_size`` (every layer's attention of a batch is held at
     once: layers x batch x heads x T^2 floats)."""
-    total = None
+    total = 0.0
     with torch.inference_mode():
         for batch in x.split(batch_size):
             _, attentions, grid = forward_with_attention(model, kind, batch)
-            part = mean_attention_distance(attentions, grid, patch_size(model)) * len(batch)
-            total = part if total is None else total + part
+            total = total + mean_attention_distance(attentions, grid, patch_size(model)) * len(batch)
     return total / len(x)  # (layers, heads)
 
 

@@ -61,12 +61,13 @@ def _rounded(values: torch.Tensor, digits: int = 4) -> list:
 
 
 def _figure(width: float, height: float):
+    """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its one axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.add_subplot()
 
 
 def _png(fig) -> bytes:
@@ -97,8 +98,7 @@ def filters_png(components: FilterComponents, title: str) -> bytes:
         tiles = np.repeat(tiles, 3, axis=-1)
     gap = max(1, tiles.shape[1] // 8)
     image = np.nan_to_num(mosaic(tiles, FILTER_COLUMNS, gap), nan=1.0)  # white gaps
-    fig = _figure(6.4, 4.4)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.4, 4.4)
     ax.imshow(image, interpolation="nearest")
     ax.set_axis_off()
     top = float(components.explained.sum())
@@ -114,8 +114,7 @@ def positions_png(similarity: torch.Tensor, title: str) -> bytes:
     tiles = similarity.double().numpy().reshape(rows * cols, rows, cols)
     gap = max(1, rows // 7)
     image = mosaic(tiles, cols, gap)
-    fig = _figure(6.4, 5.6)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.4, 5.6)
     shown = ax.imshow(image, cmap="viridis", vmin=-1.0, vmax=1.0, interpolation="nearest")
     step = max(1, cols // 7)
     ax.set_xticks([(c + 0.5) * (cols + gap) - gap / 2 - 0.5 for c in range(0, cols, step)],
@@ -125,8 +124,7 @@ def positions_png(similarity: torch.Tensor, title: str) -> bytes:
     ax.set_xlabel("input patch column")
     ax.set_ylabel("input patch row")
     ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
+    ax.spines[:].set_visible(False)
     ax.set_title(f"{title}\nPosition-embedding similarity", fontsize=10)
     fig.colorbar(shown, ax=ax, label="cosine similarity", shrink=0.8)
     return _png(fig)
@@ -135,8 +133,7 @@ def positions_png(similarity: torch.Tensor, title: str) -> bytes:
 def distance_png(distance: torch.Tensor, uniform: float, title: str, source: str) -> bytes:
     """Heads against depth: one dot per head at its mean attention distance."""
     layers, heads = distance.shape
-    fig = _figure(6.4, 4.4)
-    ax = fig.add_subplot()
+    fig, ax = _figure(6.4, 4.4)
     depth = np.repeat(np.arange(1, layers + 1), heads)
     ax.scatter(depth, distance.double().numpy().reshape(-1), s=22, alpha=0.75,
                label=f"one dot per head ({heads} per layer)")

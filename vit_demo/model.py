@@ -41,8 +41,7 @@ class ViTConfig:
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (rows, columns)."""
-        side = self.image_size // self.patch_size
-        return side, side
+        return (self.image_size // self.patch_size,) * 2
 
 
 # Presets named "<data set>-<width>x<depth>/<patch>"; the ImageNet shapes keep the ViT paper's
@@ -69,8 +68,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, dim, rows, cols)
-        return x.flatten(2).transpose(1, 2)  # (B, rows*cols, dim)
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, dim, rows, cols) -> (B, rows*cols, dim)
 
 
 class Attention(nn.Module):
@@ -242,18 +240,13 @@ def convert_timm_state_dict(state_dict: dict[str, torch.Tensor], cfg: ViTConfig
     """
     src = dict(state_dict)
     final_norm = "norm" if cfg.pool == "cls" else "fc_norm"
-    out: dict[str, torch.Tensor] = {}
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-                "head.weight", "head.bias"):
-        out[key] = src.pop(key)
-    for part in ("weight", "bias"):
-        out[f"norm.{part}"] = src.pop(f"{final_norm}.{part}")
-    for i in range(cfg.depth):
-        for name in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
-            for part in ("weight", "bias"):
-                key = f"blocks.{i}.{name}.{part}"
-                if key in src:
-                    out[key] = src.pop(key)
+    out = {key: src.pop(key) for key in ("cls_token", "pos_embed", "patch_embed.proj.weight",
+                                         "patch_embed.proj.bias", "head.weight", "head.bias")}
+    out.update({f"norm.{part}": src.pop(f"{final_norm}.{part}") for part in ("weight", "bias")})
+    blocks = [f"blocks.{i}.{name}.{part}" for i in range(cfg.depth)
+              for name in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+              for part in ("weight", "bias")]
+    out.update({key: src.pop(key) for key in blocks if key in src})
     if src:
         raise ValueError(f"timm weights this ViT cannot represent: {sorted(src)[:8]}")
     rows, cols = cfg.grid_size

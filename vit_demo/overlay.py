@@ -17,6 +17,9 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from .data import resized_crop
+from .faithfulness import check_map
+
 COLORMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "hot", "coolwarm", "gray")
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 MIN_DISPLAY_SIDE = 224  # smaller images are enlarged to at least this many pixels a side
@@ -32,19 +35,9 @@ def check_colormap(name: str) -> None:
         raise ValueError(f"Unknown colormap {name!r}. Choose one of: {', '.join(COLORMAPS)}.")
 
 
-def _as_map(heatmap: np.ndarray | Sequence) -> np.ndarray:
-    """The map as a finite float64 (rows, cols) array, or ``ValueError``."""
-    m = np.asarray(heatmap, dtype=np.float64)
-    if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"expected a non-empty (rows, cols) map, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError("the map has NaN or infinite values")
-    return m
-
-
 def normalize(heatmap: np.ndarray | Sequence) -> np.ndarray:
     """Min-max normalised copy of a (rows, cols) map, in [0, 1]; a constant map becomes all 0."""
-    m = _as_map(heatmap)
+    m = check_map(heatmap).numpy()
     span = m.max() - m.min()
     return (m - m.min()) / span if span > 0 else np.zeros_like(m)
 
@@ -97,27 +90,17 @@ def grid_lines(rows: int, cols: int, size: tuple[int, int]) -> tuple[list[int], 
 def overlay(image: np.ndarray | Image.Image, heatmap: np.ndarray | Sequence, colormap: str = "jet",
             opacity: float = 0.5, grid: bool = False, min_side: int = MIN_DISPLAY_SIDE,
             interpolation: str = "bilinear") -> np.ndarray:
-    """The map as a coloured heat map blended over the image.
-
-    Args:
-        image: what the model saw, (H, W, 3) uint8 or an RGB PIL image (see ``model_view``).
-        heatmap: (rows, cols) values, one per patch, any scale (min-max normalised here).
-        colormap: one of ``COLORMAPS``.
-        opacity: weight of the heat map in [0, 1]; 0 leaves the (enlarged) image unchanged.
-        grid: draw the patch borders of the map's (rows, cols) grid.
-        min_side: images smaller than this are first enlarged by a whole factor (``enlarge``).
-        interpolation: "bilinear" or "bicubic" upsampling of the map.
-
-    Returns:
-        (H', W', 3) uint8 array, the image enlarged to at least ``min_side`` a side.
-    """
-    check_colormap(colormap)
-    _check_opacity(opacity)
+    """The (rows, cols) map, any scale, as a coloured heat map blended over ``image``, what the
+    model saw ((H, W, 3) uint8 or an RGB PIL image, see ``model_view``), enlarged to at least
+    ``min_side`` a side (``enlarge``): (H', W', 3) uint8. ``opacity``: the map's weight in
+    [0, 1] (0: the enlarged image unchanged); ``grid``: draw the patch borders."""
+    _check_style(colormap, opacity)
     img = enlarge(_as_image(image), min_side)
-    return _blend(img.astype(np.float64), heatmap, colormap, opacity, grid, interpolation)
+    return _blend(img, heatmap, colormap, opacity, grid, interpolation)
 
 
-def _check_opacity(opacity: float) -> None:
+def _check_style(colormap: str, opacity: float) -> None:
+    check_colormap(colormap)
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"Opacity must be between 0 and 1, got {opacity}.")
 
@@ -131,15 +114,14 @@ def _as_image(image: np.ndarray | Image.Image) -> np.ndarray:
 
 def _blend(region: np.ndarray, heatmap, colormap: str, opacity: float, grid: bool,
            interpolation: str) -> np.ndarray:
-    """The map coloured and blended over ``region`` (float (H, W, 3)), patch grid optional:
+    """The map coloured and blended over ``region`` ((H, W, 3) uint8), patch grid optional:
     uint8 (H, W, 3)."""
     size = region.shape[:2]
     heat = upsample(heatmap, size, interpolation)  # (H, W) in [0, 1]
     colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0  # (H, W, 3)
-    out = region * (1.0 - opacity) + colors * opacity
+    out = region.astype(np.float64) * (1.0 - opacity) + colors * opacity
     if grid:
-        m = _as_map(heatmap)
-        ys, xs = grid_lines(m.shape[0], m.shape[1], size)
+        ys, xs = grid_lines(*check_map(heatmap).shape, size)
         line = np.asarray(GRID_COLOR, dtype=np.float64)
         out[ys, :] = out[ys, :] * (1.0 - GRID_OPACITY) + line * GRID_OPACITY
         out[:, xs] = out[:, xs] * (1.0 - GRID_OPACITY) + line * GRID_OPACITY
@@ -149,15 +131,10 @@ def _blend(region: np.ndarray, heatmap, colormap: str, opacity: float, grid: boo
 def crop_box(size: tuple[int, int], input_size: tuple[int, int], crop_pct: float = 1.0
              ) -> tuple[float, float, float, float]:
     """The region (left, top, right, bottom), in the photo's pixels, that the model's input
-    shows: ``inference.preprocess`` resizes the short side of a photo of ``size`` = (width,
-    height) to ``floor(min(input) / crop_pct)`` and centre-crops ``input_size`` = (height, width)."""
-    w, h = size
-    in_h, in_w = input_size
-    short = math.floor(min(in_h, in_w) / crop_pct)
-    new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    top, left = int(round((new_h - in_h) / 2.0)), int(round((new_w - in_w) / 2.0))
-    sx, sy = w / new_w, h / new_h
-    return left * sx, top * sy, (left + in_w) * sx, (top + in_h) * sy
+    shows of a photo of ``size`` = (width, height) (``data.resized_crop``)."""
+    (new_w, new_h), (left, top, right, bottom) = resized_crop(size, input_size, crop_pct)
+    sx, sy = size[0] / new_w, size[1] / new_h
+    return left * sx, top * sy, right * sx, bottom * sy
 
 
 def display_photo(photo: np.ndarray | Image.Image, min_side: int = MIN_DISPLAY_SIDE,
@@ -170,28 +147,18 @@ def display_photo(photo: np.ndarray | Image.Image, min_side: int = MIN_DISPLAY_S
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS)), size[0] / w
-    factor = display_scale((h, w), min_side)
-    return enlarge(img, min_side), float(factor)
+    return enlarge(img, min_side), float(display_scale((h, w), min_side))
 
 
 def photo_overlay(photo: np.ndarray | Image.Image, heatmap: np.ndarray | Sequence,
                   box: tuple[float, float, float, float], colormap: str = "jet",
                   opacity: float = 0.5, grid: bool = False, interpolation: str = "bilinear",
                   min_side: int = MIN_DISPLAY_SIDE, max_side: int = MAX_DISPLAY_SIDE) -> np.ndarray:
-    """The map over the visitor's photo at its own resolution (see ``display_photo``).
-
-    Args:
-        photo: the RGB photo, (H, W, 3) uint8 or a PIL image, before any preprocessing.
-        heatmap: (rows, cols) values, one per patch, any scale.
-        box: the region of the photo the model saw (``crop_box``), in photo pixels; the map is
-            upsampled smoothly onto it, and what lies outside is dimmed (``OUTSIDE_DIM``).
-
-    Returns:
-        (H', W', 3) uint8 array.
-    """
-    check_colormap(colormap)
-    _check_opacity(opacity)
-    _as_map(heatmap)
+    """The map over the visitor's RGB photo ((H, W, 3) uint8 or PIL, before any preprocessing)
+    at its own resolution (``display_photo``): upsampled onto ``box``, the region the model saw
+    (``crop_box``, photo pixels), with what lies outside dimmed (``OUTSIDE_DIM``); uint8."""
+    _check_style(colormap, opacity)
+    check_map(heatmap)
     shown, scale = display_photo(photo, min_side, max_side)
     height, width = shown.shape[:2]
     left, top, right, bottom = (max(0, round(box[0] * scale)), max(0, round(box[1] * scale)),
@@ -199,12 +166,12 @@ def photo_overlay(photo: np.ndarray | Image.Image, heatmap: np.ndarray | Sequenc
     if right <= left or bottom <= top:
         raise ValueError(f"the crop box {box} lies outside the photo")
     out = shown.astype(np.float64) * OUTSIDE_DIM
-    out[top:bottom, left:right] = _blend(shown[top:bottom, left:right].astype(np.float64), heatmap,
-                                         colormap, opacity, grid, interpolation)
+    out[top:bottom, left:right] = _blend(shown[top:bottom, left:right], heatmap, colormap, opacity,
+                                         grid, interpolation)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def value_grid(heatmap: np.ndarray | Sequence, digits: int = 4) -> list[list[float]]:
     """The map's raw values as nested lists (rows x cols), each rounded to ``digits``
     significant digits (rollout weights are small, so decimal places would lose them)."""
-    return [[float(f"{v:.{digits}g}") for v in row] for row in _as_map(heatmap)]
+    return [[float(f"{v:.{digits}g}") for v in row] for row in check_map(heatmap).numpy()]

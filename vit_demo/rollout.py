@@ -19,61 +19,55 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-HEAD_FUSIONS = ("mean", "max", "min")
+_FUSIONS = {"mean": torch.mean, "max": torch.amax, "min": torch.amin}  # over the heads (dim 1)
+HEAD_FUSIONS = tuple(_FUSIONS)
 
 
 def _stack_layers(attentions: Sequence[torch.Tensor] | torch.Tensor, name: str) -> torch.Tensor:
     """Layers as one floating tensor (L, B, heads, T, T), at least float32."""
-    if not isinstance(attentions, torch.Tensor) and len(attentions) == 0:
+    if len(attentions) == 0:
         raise ValueError(f"{name}: no layers")
     stacked = attentions if isinstance(attentions, torch.Tensor) else torch.stack(list(attentions))
-    if stacked.ndim != 5:
+    if stacked.ndim != 5 or stacked.shape[-1] != stacked.shape[-2]:
         raise ValueError(f"{name}: expected a list of (B, heads, T, T) tensors or one "
                          f"(L, B, heads, T, T) tensor, got shape {tuple(stacked.shape)}")
-    if stacked.shape[0] == 0:
-        raise ValueError(f"{name}: no layers")
-    if stacked.shape[-1] != stacked.shape[-2]:
-        raise ValueError(f"{name}: attention must be square (T, T)")
     return stacked.to(torch.promote_types(stacked.dtype, torch.float32))
 
 
-def _check_start_layer(start_layer: int, depth: int) -> None:
-    """``ValueError`` (a message for the person who chose it) unless 0 <= start_layer < depth."""
-    if not 0 <= start_layer < depth:
-        raise ValueError(f"Start layer {start_layer} is outside the model's {depth} layers: use 0 "
-                         f"to {depth - 1}.")
+def check_index(name: str, index: int, count: int, unit: str, lowest: int = 0,
+                hint: str = "") -> None:
+    """``ValueError`` (a message for the person who chose it) unless lowest <= index < count."""
+    if not lowest <= index < count:
+        raise ValueError(f"{name} {index} is outside the model's {count} {unit}: use 0 to "
+                         f"{count - 1}{hint}.")
+
+
+def check_head_fusion(head_fusion: str) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"Unknown head fusion {head_fusion!r}. "
+                         f"Choose one of: {', '.join(HEAD_FUSIONS)}.")
 
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     """One layer's heads fused into one matrix: (B, heads, T, T) -> (B, T, T)."""
-    if head_fusion == "mean":
-        return attention.mean(dim=1)
-    if head_fusion == "max":
-        return attention.amax(dim=1)
-    if head_fusion == "min":
-        return attention.amin(dim=1)
-    raise ValueError(f"Unknown head fusion {head_fusion!r}. Choose one of: {', '.join(HEAD_FUSIONS)}.")
+    check_head_fusion(head_fusion)
+    return _FUSIONS[head_fusion](attention, dim=1)
 
 
 def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
-    """Zero, per row, the lowest ``discard_ratio`` fraction of the patch-to-patch weights.
-
-    ``fused`` is (B, T, T). Only the block ``fused[:, 1:, 1:]`` is touched: in each patch
-    query's row, the ``floor(discard_ratio * N)`` smallest weights on patch keys
-    (``N = T - 1``) become 0. The [CLS] row ``fused[:, 0, :]`` and the [CLS] column
-    ``fused[:, :, 0]`` are never discarded. Returns a new tensor; ``fused`` is not modified.
+    """Zero, per row, the lowest ``discard_ratio`` fraction of the patch-to-patch weights of
+    ``fused`` (B, T, T): in each patch query's row, the ``floor(discard_ratio * (T - 1))``
+    smallest weights on patch keys; the [CLS] row and column never. ``fused`` is not modified.
     """
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"Discard ratio must be at least 0 and below 1, got {discard_ratio}.")
-    num_patches = fused.shape[-1] - 1
-    k = int(discard_ratio * num_patches)
+    k = int(discard_ratio * (fused.shape[-1] - 1))  # of the T - 1 patch keys
     if k == 0:
         return fused
     patches = fused[:, 1:, 1:]  # (B, N, N): patch queries x patch keys
     lowest = patches.topk(k, dim=-1, largest=False).indices  # (B, N, k)
-    kept = patches.scatter(-1, lowest, 0.0)  # (B, N, N)
     out = fused.clone()
-    out[:, 1:, 1:] = kept
+    out[:, 1:, 1:] = patches.scatter(-1, lowest, 0.0)  # (B, N, N)
     return out
 
 
@@ -90,26 +84,20 @@ def _roll(layers: Iterable[torch.Tensor]) -> torch.Tensor:
 
 def attention_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor, head_fusion: str = "mean",
                       discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020), batched: the full (B, T, T) rollout matrix.
+    """Attention rollout (Abnar & Zuidema 2020), batched: the full (B, T, T) rollout matrix of
+    ``attentions`` (per layer (B, heads, T, T), or one (L, B, heads, T, T); first layer first).
 
-    Per layer ``l`` from ``start_layer`` to the last: fuse the heads (``head_fusion`` mean, max
-    or min), optionally discard low weights (``discard_lowest``: per row, patch-to-patch
-    weights only, never the [CLS] row or column), add the identity for the residual path and
-    divide each row by its sum. The rollout is ``A_L @ ... @ A_start``.
+    Per layer from ``start_layer`` (earlier ones are skipped) to the last: fuse the heads
+    (``head_fusion``), zero the lowest ``discard_ratio`` (in [0, 1)) of the patch-to-patch
+    weights per row (``discard_lowest``), add the identity for the residual path and divide
+    each row by its sum. The rollout is ``A_L @ ... @ A_start``.
 
     With mean fusion and no discarding, ``norm(W + I)`` equals the paper's ``0.5 W + 0.5 I``
     because ``W`` is row-stochastic; with max/min fusion or discarding it is the common
     renormalised generalisation.
-
-    Args:
-        attentions: per-layer attention probabilities, a list of (B, heads, T, T) or one
-            (L, B, heads, T, T) tensor, first layer first.
-        head_fusion: "mean", "max" or "min" over heads.
-        discard_ratio: fraction in [0, 1) of patch-to-patch weights to zero per row.
-        start_layer: first layer taken into the product; earlier layers are skipped.
     """
     stacked = _stack_layers(attentions, "attentions")  # (L, B, heads, T, T)
-    _check_start_layer(start_layer, stacked.shape[0])
+    check_index("Start layer", start_layer, stacked.shape[0], "layers")
     return _roll(discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
                  for attention in stacked[start_layer:])
 
@@ -117,7 +105,8 @@ def attention_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor, head_fu
 def grad_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor,
                  gradients: Sequence[torch.Tensor] | torch.Tensor,
                  start_layer: int = 0) -> torch.Tensor:
-    """Class-specific, gradient-weighted rollout: the full (B, T, T) matrix.
+    """Class-specific, gradient-weighted rollout: the full (B, T, T) matrix, from the
+    ``attentions`` (as in ``attention_rollout``) and their ``gradients`` d(target logit)/d(A).
 
     Per layer, the relevance of Chefer et al. 2021, ``E_h[(dy_c/dA * A)^+]`` (elementwise
     product of the attention and the gradient of the target logit with respect to it, negative
@@ -126,17 +115,12 @@ def grad_rollout(attentions: Sequence[torch.Tensor] | torch.Tensor,
     ``R <- R + A R`` without the row normalisation; normalising keeps every step
     row-stochastic, like ``attention_rollout``; for a single layer the [CLS] row differs from
     theirs only by a per-image scale.)
-
-    Args:
-        attentions: per-layer attention probabilities, list of (B, heads, T, T) or (L, B, heads, T, T).
-        gradients: d(target logit)/d(attention), same shapes as ``attentions``.
-        start_layer: first layer taken into the product.
     """
     attn = _stack_layers(attentions, "attentions")  # (L, B, heads, T, T)
     grad = _stack_layers(gradients, "gradients")  # (L, B, heads, T, T)
     if attn.shape != grad.shape:
         raise ValueError(f"attentions {tuple(attn.shape)} != gradients {tuple(grad.shape)}")
-    _check_start_layer(start_layer, attn.shape[0])
+    check_index("Start layer", start_layer, attn.shape[0], "layers")
     return _roll((a_l * g_l).clamp(min=0).mean(dim=1)  # relevance (B, T, T)
                  for a_l, g_l in zip(attn[start_layer:], grad[start_layer:]))
 

@@ -178,14 +178,11 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data_cfg: DataConfig, train: Split, cfg: TrainConfig,
                  val: Split | None = None, device: torch.device | str = "cpu",
-                 state_path: Path | None = None,
-                 callback: Callable[[Progress], None] | None = None,
-                 cancel: threading.Event | None = None,
-                 head: str = "head"):
+                 state_path: Path | None = None, callback: Callable[[Progress], None] | None = None,
+                 cancel: threading.Event | None = None, head: str = "head"):
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.data_cfg = data_cfg
-        self.train, self.val, self.cfg = train, val, cfg
+        self.data_cfg, self.train, self.val, self.cfg = data_cfg, train, val, cfg
         self.state_path = Path(state_path) if state_path else None
         self.callback = callback
         self.cancel = cancel or threading.Event()
@@ -210,28 +207,24 @@ class Trainer:
         self.history: list[dict] = []
         if self.state_path and self.state_path.is_file():
             self._load_state()
-        net = self.model
+        self.net = self.model
         if self.distributed:
-            net = nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile and self.device.type == "cuda":
-            net = torch.compile(net)
-        self.net = net
+            self.net = torch.compile(self.net)
 
     # -- state --------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
+    def save_state(self) -> None:
+        if self.state_path is None or self.rank != 0:
+            return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         for i, state in self.optimizer.state_dict()["state"].items():
             for k, v in state.items():
                 tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        return tensors
-
-    def save_state(self) -> None:
-        if self.state_path is None or self.rank != 0:
-            return
         meta = {"step": self.step, "total_steps": self.total_steps, "history": self.history,
                 "config": asdict(self.cfg)}
-        save_tensors(self.state_path, self._state_tensors(), meta)
+        save_tensors(self.state_path, tensors, meta)
 
     def _load_state(self) -> None:
         tensors, meta = load_tensors(self.state_path)
@@ -242,8 +235,7 @@ class Trainer:
             raise ValueError(f"{self.state_path} was written by another training config "
                              f"(saved, now): {differ}")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt = self.optimizer.state_dict()
-        opt["state"] = {}
+        opt = {**self.optimizer.state_dict(), "state": {}}
         for key, v in tensors.items():
             if key.startswith("optim."):
                 _, i, name = key.split(".", 2)
@@ -278,12 +270,8 @@ class Trainer:
         start, window_start = time.perf_counter(), time.perf_counter()
         loss_sum = correct = seen = 0.0  # since the last progress report
         period_loss = period_seen = 0.0  # since the last validation
-        steps_this_run = 0
-        cancelled = False
-        while self.step < self.end_step:
-            if self.cancel.is_set():
-                cancelled = True
-                break
+        first_step, cancelled = self.step, False
+        while self.step < self.end_step and not (cancelled := self.cancel.is_set()):
             lr = lr_at(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -301,7 +289,6 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
-            steps_this_run += 1
             batch_loss = loss.item() * len(y)
             loss_sum += batch_loss
             correct += (logits.argmax(-1) == y).sum().item()
@@ -309,10 +296,9 @@ class Trainer:
             period_loss += batch_loss
             period_seen += len(y)
             val_acc = None
-            epoch_end = self.step % self.steps_per_epoch == 0
+            epochs, within = divmod(self.step, self.steps_per_epoch)
             at_end = self.step == self.end_step
-            if self.val is not None and (at_end or (epoch_end and (self.step // self.steps_per_epoch)
-                                                    % cfg.eval_every == 0)):
+            if self.val is not None and (at_end or (within == 0 and epochs % cfg.eval_every == 0)):
                 val_acc = evaluate(self.model, self.val, self.data_cfg, self.device,
                                    cfg.eval_batch_size, cancel=self.cancel)["accuracy"]
                 if self.cancel.is_set():
@@ -320,15 +306,14 @@ class Trainer:
                     break
                 self.net.train()
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                     "val_accuracy": val_acc,
-                                     "train_loss": period_loss / period_seen})
+                                     "val_accuracy": val_acc, "train_loss": period_loss / period_seen})
                 period_loss = period_seen = 0.0
             if self.step % cfg.checkpoint_every == 0 or at_end:
                 self.save_state()
             if self.callback and self.rank == 0:
                 now = time.perf_counter()
                 rate = seen * self.world / max(now - window_start, 1e-9)
-                per_step = (now - start) / steps_this_run
+                per_step = (now - start) / (self.step - first_step)
                 self.callback(Progress(self.step, self.end_step, self.step / self.steps_per_epoch,
                                        loss_sum / seen, correct / seen, rate,
                                        per_step * (self.end_step - self.step), lr, val_acc))
