@@ -8,6 +8,7 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -48,52 +49,21 @@ def config_from_args(config: type, args: argparse.Namespace):
     return config(**{f.name: getattr(args, f.name) for f in fields(config)})
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
-    p.add_argument("--preset", default="cifar10-192x9/4", choices=sorted(PRESETS))
-    p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
-                   "weights folder (deepened to the preset's depth when it is shallower)")
-    add_config_options(p, TrainConfig)
-    p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--val-images", type=int, default=None,
-                   help="validate on only the first N validation images (0: no validation)")
-    p.add_argument("--data-dir", default=None, help="folder with cifar10_{train,test}.npz "
-                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="resume-state file: resumed when present, rewritten while training")
-    p.add_argument("--out", type=Path, default=None, help="weights folder (default: weights/)")
-    p.add_argument("--name", default=None, help="checkpoint name; omitted: no checkpoint is written")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(run=cmd_train)
-
-
-def _checkpoint_options(p: argparse.ArgumentParser) -> None:
-    """The checkpoint and the data, as ``evaluate`` and ``inside`` take them."""
-    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
-    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
-    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
-                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
-
-
 def _setup_distributed() -> torch.device:
     """Join the torchrun group when launched by torchrun; the device this rank trains on."""
-    if "RANK" not in os.environ:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return torch.device("cuda" if cuda else "cpu")
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+    if not cuda:
+        return torch.device("cpu")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def cmd_train(args) -> dict:
     from tqdm import tqdm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = _setup_distributed()
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     model_cfg = PRESETS[args.preset]
@@ -147,22 +117,8 @@ def cmd_train(args) -> dict:
     return summary
 
 
-def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="test-set metrics of a checkpoint in weights/, "
-                       "optionally stored in its card")
-    _checkpoint_options(p)
-    p.add_argument("--png", type=Path, default=None,
-                   help="confusion-matrix PNG (default: artifacts/NAME-confusion.png)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
-    p.add_argument("--update-card", action="store_true", help="store the metrics in NAME.json")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
-    p.set_defaults(run=cmd_evaluate)
-
-
 def cmd_evaluate(args) -> Metrics:
     """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
     weights_dir = args.weights_dir or default_weights_dir()
     model, _, data_cfg, card = load_checkpoint(weights_dir, args.name)
     classes = card.classes
@@ -190,25 +146,6 @@ def cmd_evaluate(args) -> Metrics:
     return metrics
 
 
-def _deploy_parser(sub) -> None:
-    from .deploy import add_arguments, cmd_deploy
-
-    p = sub.add_parser("deploy", help="publish the app as a Hugging Face Space (--dry-run lists the files)")
-    add_arguments(p)
-    p.set_defaults(run=cmd_deploy)
-
-
-def _inside_parser(sub) -> None:
-    p = sub.add_parser("inside", help="draw the ViT paper's Fig. 7 for a checkpoint in weights/: "
-                       "patch-embedding filters, position-embedding similarity, mean attention distance")
-    _checkpoint_options(p)
-    p.add_argument("--out", type=Path, default=ARTIFACTS_DIR,
-                   help="folder for inside-NAME-{filters,positions,distance}.png (default: artifacts/)")
-    p.add_argument("--images", type=int, default=256,
-                   help="average the attention distance over the first N CIFAR-10 test images")
-    p.set_defaults(run=cmd_inside)
-
-
 def cmd_inside(args) -> dict:
     """Write the three figures of checkpoint ``args.name`` as PNGs; print and return the numbers."""
     from .data import preprocess_batch
@@ -232,18 +169,67 @@ def cmd_inside(args) -> dict:
     return numbers
 
 
+def _checkpoint_command(sub, name: str, summary: str, run: Callable) -> argparse.ArgumentParser:
+    """Subcommand ``name`` on a checkpoint and the test data, as ``evaluate`` and ``inside``
+    take them."""
+    p = sub.add_parser(name, help=summary)
+    p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.set_defaults(run=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .deploy import add_arguments, cmd_deploy
+
     parser = argparse.ArgumentParser(prog="python -m vit_demo")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _evaluate_parser(sub)
-    _deploy_parser(sub)
-    _inside_parser(sub)
+    p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
+    p.add_argument("--preset", default="cifar10-192x9/4", choices=sorted(PRESETS))
+    p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
+                   "weights folder (deepened to the preset's depth when it is shallower)")
+    add_config_options(p, TrainConfig)
+    p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--val-images", type=int, default=None,
+                   help="validate on only the first N validation images (0: no validation)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_{train,test}.npz "
+                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="resume-state file: resumed when present, rewritten while training")
+    p.add_argument("--out", type=Path, default=None, help="weights folder (default: weights/)")
+    p.add_argument("--name", default=None, help="checkpoint name; omitted: no checkpoint is written")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(run=cmd_train)
+
+    p = _checkpoint_command(sub, "evaluate", "test-set metrics of a checkpoint in weights/, "
+                            "optionally stored in its card", cmd_evaluate)
+    p.add_argument("--png", type=Path, default=None,
+                   help="confusion-matrix PNG (default: artifacts/NAME-confusion.png)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--update-card", action="store_true", help="store the metrics in NAME.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
+
+    p = sub.add_parser("deploy", help="publish the app as a Hugging Face Space (--dry-run lists the files)")
+    add_arguments(p)
+    p.set_defaults(run=cmd_deploy)
+
+    p = _checkpoint_command(sub, "inside", "draw the ViT paper's Fig. 7 for a checkpoint in "
+                            "weights/: patch-embedding filters, position-embedding similarity, "
+                            "mean attention distance", cmd_inside)
+    p.add_argument("--out", type=Path, default=ARTIFACTS_DIR,
+                   help="folder for inside-NAME-{filters,positions,distance}.png (default: artifacts/)")
+    p.add_argument("--images", type=int, default=256,
+                   help="average the attention distance over the first N CIFAR-10 test images")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):  # train's and evaluate's --threads
+        torch.set_num_threads(args.threads)
     status = args.run(args)  # deploy's is its exit status; the others return what they computed
     return status if args.command == "deploy" else 0
 

@@ -3,20 +3,20 @@
 
 ``("log", str)``, ``("started", dict)``, ``("baseline", dict)`` (validation accuracy before
 this run's first step), ``("progress", dict)`` per optimizer step, ``("saved", ModelCard)`` (the
-card, untested) once the weights are on disk, ``("testing", dict)`` per test batch, ``("result", dict)`` with the test
-metrics, or ``("error", str)``. Closing the generator cancels the job at its next event; a
-``cancel`` event (when the job runs in this process) stops it sooner, between batches.
+card, untested) once the weights are on disk, ``("testing", dict)`` per test batch,
+``("result", dict)`` with the test metrics, or ``("error", str)``. Closing the generator cancels
+the job at its next event; a ``cancel`` event (when the job runs in this process) stops it
+sooner, between batches.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ import torch.nn as nn
 
 from ..card import ModelCard, Origin, Recipe, Training
 from ..checkpoint import save_tensors
-from ..hub import FINETUNE_BASE
 from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
+from ..evaluate import param_count
+from ..hub import FINETUNE_BASE
 from ..registry import VITB16, ModelKind, Registry, load_checkpoint
-from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix
+from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix, evaluate
 from .policy import eval_batch_size, training_device
 from .request import FinetuneRequest
 from .zerogpu import gpu_wrapped
@@ -76,8 +77,8 @@ def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module,
                 + ". Run the app once with network access so that timm caches them, set "
                 f"{BASE_ENV} to a timm model that is cached, or fine-tune the scratch ViT.") from exc
         # The whole 32 px image is resized to the input size, in training as at inference.
-        data_cfg = dataclasses.replace(
-            DataConfig.from_dict(timm.data.resolve_model_data_config(model)), crop_pct=1.0)
+        data_cfg = replace(DataConfig.from_dict(timm.data.resolve_model_data_config(model)),
+                           crop_pct=1.0)
         return model.train(), ModelCard(
             ModelKind.TIMM, CLASSES, data_cfg,
             timm_name=model.pretrained_cfg.get("architecture", name), pretrained=name)
@@ -123,23 +124,21 @@ def _stepwise(trainer: Trainer) -> Iterator[tuple[str, dict]]:
     trainer.callback = report
     thread = threading.Thread(target=run, name="finetune-steps", daemon=True)
     thread.start()
-    ended = False
+    kind = "progress"  # until the run has ended
     try:
-        while True:
-            kind, value = items.get()
-            if kind == "error":
-                ended = True
-                raise value
-            if kind == "done":
-                ended = True
-                return value
-            yield "progress", asdict(value)
+        kind, value = items.get()
+        while kind == "progress":
+            yield kind, asdict(value)
             go_on.release()
+            kind, value = items.get()
     finally:
-        if not ended:  # closed early: cancel the run
+        if kind == "progress":  # closed early: cancel the run
             trainer.cancel.set()
             go_on.release()
         thread.join()
+    if kind == "error":
+        raise value
+    return value
 
 
 def train_job(job: Prepared, state_path: str, tensors_path: str,
@@ -151,28 +150,26 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
         device = torch.device(training_device())
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         request, model, data_cfg = job.request, job.model, job.card.data_config
-        yield "log", (f"device: {device_name}; base: {request.base} "
-                      f"({sum(p.numel() for p in model.parameters()):,} parameters), "
+        params = param_count(model)
+        yield "log", (f"device: {device_name}; base: {request.base} ({params:,} parameters), "
                       f"input {data_cfg.input_size[1]} px")
-        kind = request.base_kind
-        cfg = dataclasses.replace(request.train_config(),
-                                  eval_batch_size=eval_batch_size(kind, device.type))
+        cfg = replace(request.train_config(),
+                      eval_batch_size=eval_batch_size(request.base_kind, device.type))
         trainer = Trainer(model, data_cfg, job.train, cfg, val=job.val if len(job.val) else None,
                           device=device, state_path=Path(state_path), cancel=cancel, head="head")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         yield "started", {"total_steps": trainer.end_step, "resumed_step": trainer.step,
                           "steps_per_epoch": trainer.steps_per_epoch, "trainable": trainable}
         if len(job.val):
-            val = confusion_matrix(model, job.val, data_cfg, device, cfg.eval_batch_size,
-                                   cancel=cancel)
+            val = evaluate(model, job.val, data_cfg, device, cfg.eval_batch_size, cancel=cancel)
             yield "baseline", {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch,
-                               "val_accuracy": accuracy_metrics(val)["accuracy"]}
+                               "val_accuracy": val["accuracy"]}
         result: TrainResult = yield from _stepwise(trainer)
         if result.cancelled:
             return
         save_tensors(Path(tensors_path), model.state_dict())
-        yield "saved", dataclasses.replace(
-            job.card, params=sum(p.numel() for p in model.parameters()),
+        yield "saved", replace(
+            job.card, params=params,
             recipe=Recipe.of(cfg, len(job.train), len(job.val), device, base=request.base,
                              test_images=len(job.test), trainable_params=trainable),
             training=Training.of(device_name, result.history, result.wall_s, steps=result.step,
@@ -180,9 +177,8 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
             date=dt.date.today().isoformat())
         confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.long)
         for i in range(0, len(job.test), cfg.eval_batch_size):
-            confusion += confusion_matrix(model, job.test.subset(
-                torch.arange(i, min(i + cfg.eval_batch_size, len(job.test)))), data_cfg, device,
-                cfg.eval_batch_size)
+            batch = job.test.subset(torch.arange(i, min(i + cfg.eval_batch_size, len(job.test))))
+            confusion += confusion_matrix(model, batch, data_cfg, device, cfg.eval_batch_size)
             yield "testing", {"done": int(confusion.sum()), "of": len(job.test)}
         yield "result", {"test": accuracy_metrics(confusion)}
     except Exception as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..registry import ModelKind
@@ -28,20 +30,21 @@ def training_device() -> str:
 
 def device_warning(device: str) -> str:
     """A warning to show when jobs run on the CPU; empty on a GPU."""
-    if device == "cuda":
-        return ""
-    return ("No GPU on this server: fine-tuning runs on the CPU, slowly, and slows the other "
-            "tabs while it runs. Keep the budget small (a few thousand images for the scratch "
-            "ViT; a few hundred, with a frozen backbone, for ViT-B/16 at 224 px).")
+    return "" if device == "cuda" else (
+        "No GPU on this server: fine-tuning runs on the CPU, slowly, and slows the other tabs "
+        "while it runs. Keep the budget small (a few thousand images for the scratch ViT; a few "
+        "hundred, with a frozen backbone, for ViT-B/16 at 224 px).")
 
 
 def estimate_s(request: FinetuneRequest, device: str, setup: bool = True) -> float:
-    """Seconds the job would take on ``device``: set-up, training, validation and the test."""
+    """Seconds the job would take on ``device``: set-up, training, validation (before the first
+    step and at every epoch end) and the test."""
     train_rate, eval_rate = IMAGES_PER_S[(device, request.base_kind)]
     if request.freeze_backbone:
         train_rate *= FROZEN_SPEEDUP
-    return (SETUP_S if setup else 0) + (request.images_trained() / train_rate
-                                         + request.images_evaluated() / eval_rate)
+    trained = request.total_steps() * request.batch_size
+    evaluated = request.val_images * (math.ceil(request.epochs_to_run()) + 1) + request.test_images
+    return (SETUP_S if setup else 0) + (trained / train_rate + evaluated / eval_rate)
 
 
 def eval_batch_size(kind: ModelKind, device: str) -> int:

@@ -94,8 +94,7 @@ class FinetuneRequest:
             elif self.name in RESERVED_KEYS:
                 problems.append(f"output name {self.name!r} is a model key of the app; choose "
                                 "another name")
-        if (self.train_images is not None and self.batch_size is not None
-                and self.batch_size > self.train_images):
+        if None not in (self.train_images, self.batch_size) and self.batch_size > self.train_images:
             problems.append(f"batch size ({self.batch_size}) is larger than the number of "
                             f"training images ({self.train_images}): one batch must fit")
         if problems:
@@ -114,13 +113,6 @@ class FinetuneRequest:
 
     def total_steps(self) -> int:
         return max(1, round(self.epochs_to_run() * self.steps_per_epoch()))
-
-    def images_trained(self) -> int:
-        return self.total_steps() * self.batch_size
-
-    def images_evaluated(self) -> int:
-        """Validation at every epoch end (and before the first step), then the test pass."""
-        return self.val_images * (math.ceil(self.epochs_to_run()) + 1) + self.test_images
 
     def train_config(self) -> TrainConfig:
         """The shared trainer's config: AdamW, 10 % warm-up then cosine, label smoothing,

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import hashlib
 import json
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ class JobState:
 
     def summary(self) -> dict:
         """The state without the per-step history and the owner, JSON-ready (the API's view)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)
              if f.name not in ("history", "owner")}
         d["log"] = self.log[-20:]
         if self.metrics:
@@ -123,8 +122,7 @@ class JobRunner:
 
     def _copy(self) -> JobState:
         s = self._state
-        return dataclasses.replace(s, request=dict(s.request), history=list(s.history),
-                                   log=list(s.log))
+        return replace(s, request=dict(s.request), history=list(s.history), log=list(s.log))
 
     async def updates(self, job_id: int | None = None, interval: float = 0.25
                       ) -> AsyncIterator[JobState]:
@@ -134,9 +132,8 @@ class JobRunner:
         seen = -1
         while True:
             with self._cond:
-                changed = self._version != seen
+                snap = self._copy() if self._version != seen else None
                 seen = self._version
-                snap = self._copy() if changed else None
             if snap is not None:
                 if job_id is not None and snap.id != job_id:
                     return
@@ -195,15 +192,14 @@ class JobRunner:
                                    device=self.device, warning=device_warning(self.device),
                                    total_steps=request.total_steps(), started=time.time(),
                                    budget_s=self.settings.max_job_s, owner=owner)
-            self._log(f"job {self._state.id}: fine-tune {request.base} on {request.train_images} "
-                      f"images, {request.total_steps()} steps of {request.batch_size}, "
-                      f"lr {request.lr:g}{', head only' if request.freeze_backbone else ''}; "
-                      f"estimated {estimate:,.0f} s, budget {self.settings.max_job_s:,} s")
-            job_id, cancel = self._state.id, self._cancel
+            self._update(f"job {self._state.id}: fine-tune {request.base} on {request.train_images} "
+                         f"images, {request.total_steps()} steps of {request.batch_size}, "
+                         f"lr {request.lr:g}{', head only' if request.freeze_backbone else ''}; "
+                         f"estimated {estimate:,.0f} s, budget {self.settings.max_job_s:,} s")
             # The job carries the starting request's context (on ZeroGPU: whose GPU quota).
-            context = contextvars.copy_context()
-            self._thread = threading.Thread(target=context.run, args=(self._work, job_id, request, cancel),
-                                            name=f"finetune-{job_id}", daemon=True)
+            self._thread = threading.Thread(
+                target=contextvars.copy_context().run, name=f"finetune-{self._state.id}",
+                args=(self._work, self._state.id, request, self._cancel), daemon=True)
             self._thread.start()
             return self._copy()
 
@@ -215,8 +211,7 @@ class JobRunner:
                                  "You can watch it here until it ends.")
             if self._state.active and not self._cancel.is_set():
                 self._cancel.set()
-                self._state.status = STOPPING
-                self._log("stop requested")
+                self._update("stop requested", status=STOPPING)
             return self._copy()
 
     def join(self, timeout: float | None = None) -> None:
@@ -225,23 +220,16 @@ class JobRunner:
             self._thread.join(timeout)
 
     # -- the worker thread -------------------------------------------------------------------
-    def _changed(self) -> None:
-        self._version += 1
-        self._cond.notify_all()
-
-    def _log(self, line: str) -> None:
-        self._state.log.append(f"{time.strftime('%H:%M:%S')} {line}")
-        del self._state.log[:-MAX_LOG_LINES]
-        self._changed()
-
-    def _update(self, log: str | None = None, **changes: Any) -> None:
-        with self._cond:
+    def _update(self, line: str | None = None, **changes: Any) -> None:
+        """Change the state, add ``line`` (when given) to its log, wake the watchers."""
+        with self._cond:  # re-entrant: callers may hold it already
             for k, v in changes.items():
                 setattr(self._state, k, v)
-            if log:
-                self._log(log)
-            else:
-                self._changed()
+            if line:
+                self._state.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+                del self._state.log[:-MAX_LOG_LINES]
+            self._version += 1
+            self._cond.notify_all()
 
     def _work(self, job_id: int, request: FinetuneRequest, cancel: threading.Event) -> None:
         state_path = self.state_dir / f"{resume_key(request)}.safetensors"
@@ -278,11 +266,11 @@ class JobRunner:
             if self._state.id == job_id and self._state.active and not self._cancel.is_set():
                 self._cancel.set()
                 self._stop_reason = "stopped at its time budget"
-                self._state.status = STOPPING
-                self._log(f"the job reached its budget of {self.settings.max_job_s:,} s")
+                self._update(f"the job reached its budget of {self.settings.max_job_s:,} s",
+                             status=STOPPING)
 
     def _end(self, status: str, line: str, **changes: Any) -> None:
-        self._update(log=line, status=status, finished=time.time(), **changes)
+        self._update(line, status=status, finished=time.time(), **changes)
 
     def _keep_resume_state(self, path: Path) -> None:
         """Keep ``path`` for a resume; beyond the cap, delete the oldest resume state we wrote."""
@@ -318,26 +306,26 @@ class JobRunner:
 
     def _on_event(self, kind: str, value: Any, cancel: threading.Event) -> None:
         if kind == "log":
-            self._update(log=value)
+            self._update(value)
         elif kind == "started":
-            self._update(log=f"training {value['trainable']:,} parameters for "
-                             f"{value['total_steps']} steps ({value['steps_per_epoch']} per epoch)"
-                             + (f"; resumed at step {value['resumed_step']}"
-                                if value["resumed_step"] else ""),
+            self._update(f"training {value['trainable']:,} parameters for "
+                         f"{value['total_steps']} steps ({value['steps_per_epoch']} per epoch)"
+                         + (f"; resumed at step {value['resumed_step']}"
+                            if value["resumed_step"] else ""),
                          total_steps=value["total_steps"], step=value["resumed_step"],
                          **({} if cancel.is_set() else {"status": RUNNING}))
         elif kind == "baseline":
             with self._cond:
                 self._state.history.append(value)
-                self._log(f"step {value['step']}: validation accuracy {value['val_accuracy']:.4f}")
+                self._update(f"step {value['step']}: validation accuracy "
+                             f"{value['val_accuracy']:.4f}")
         elif kind == "progress":
             self._progress(value)
         elif kind == "saved":
-            self._update(log="training done; weights saved; testing",
+            self._update("training done; weights saved; testing",
                          **({} if cancel.is_set() else {"status": TESTING}))
         elif kind == "testing":
-            self._update(log=None if value["done"] < value["of"] else
-                         f"tested {value['done']} images")
+            self._update(None if value["done"] < value["of"] else f"tested {value['done']} images")
 
     def _progress(self, p: dict) -> None:
         row = {"step": p["step"], "epoch": p["epoch"], "train_loss": p["loss"],
@@ -352,24 +340,24 @@ class JobRunner:
             s.history.append(row)
             tenth = max(1, p["total_steps"] // 10)
             if p["val_accuracy"] is not None:
-                self._log(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
-                          f"validation accuracy {p['val_accuracy']:.4f}")
+                self._update(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
+                             f"validation accuracy {p['val_accuracy']:.4f}")
             elif p["step"] % tenth == 0 or p["step"] == 1:
-                self._log(f"step {p['step']}/{p['total_steps']}: loss {p['loss']:.4f}, "
-                          f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
+                self._update(f"step {p['step']}/{p['total_steps']}: loss {p['loss']:.4f}, "
+                             f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
             else:
-                self._changed()
+                self._update()
 
     def _save_card(self, name: str, card: ModelCard, test: dict | None) -> None:
         """Write the card (the pair is then complete), evict beyond the cap, make it usable."""
         self._update(status=SAVING)
         if test:
-            card = dataclasses.replace(card, metrics=Metrics(test=AccuracyMetrics.from_dict(test)))
+            card = replace(card, metrics=Metrics(test=AccuracyMetrics.from_dict(test)))
         write_card(self.store.folder, name, card)
         for old in self.store.added(name):
             self.registry.forget(old)
-            self._update(log=f"removed the oldest fine-tuned model {old!r} (this server keeps "
-                             f"{self.settings.keep_finetuned})")
+            self._update(f"removed the oldest fine-tuned model {old!r} (this server keeps "
+                         f"{self.settings.keep_finetuned})")
         done = (f"test accuracy {test['accuracy']:.4f} on {test['images']} images" if test
                 else "stopped during the test: the model is kept, untested")
         self._end(DONE, f"{done}; the model is '{name}' in the other tabs",

@@ -35,26 +35,22 @@ class FinetuneStore:
         self._lock = threading.Lock()
         self._written: list[str] = []  # names this store wrote, oldest first
 
+    def tensors_path(self, name: str) -> Path:
+        return model_path(self.folder, name, ".safetensors")
+
     def new_name(self, label: str) -> str:
         """``label-xxxxxx``: a name no checkpoint in the folder has."""
         taken = set(list_models(self.folder))
         while True:
             name = f"{label}-{secrets.token_hex(3)}"
-            if name not in taken and not model_path(self.folder, name, ".safetensors").exists():
+            if name not in taken and not self.tensors_path(name).exists():
                 return name
-
-    def tensors_path(self, name: str) -> Path:
-        return model_path(self.folder, name, ".safetensors")
 
     def added(self, name: str) -> list[str]:
         """Record checkpoint ``name`` as written; delete the oldest beyond the cap; their names."""
         with self._lock:
             evicted = keep_newest(self._written, name, self.keep)
-        for old in evicted:
-            self.delete(old)
+        for old in evicted:  # the card first, so that it is never listed half-deleted
+            model_path(self.folder, old, ".json").unlink(missing_ok=True)
+            self.tensors_path(old).unlink(missing_ok=True)
         return evicted
-
-    def delete(self, name: str) -> None:
-        """Remove checkpoint ``name`` (card first, so that it is never listed half-deleted)."""
-        model_path(self.folder, name, ".json").unlink(missing_ok=True)
-        model_path(self.folder, name, ".safetensors").unlink(missing_ok=True)
