@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import hashlib
 import json
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ class JobState:
 
     def summary(self) -> dict:
         """The state without the per-step history and the owner, JSON-ready (the API's view)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)
              if f.name not in ("history", "owner")}
         d["log"] = self.log[-20:]
         if self.metrics:
@@ -123,8 +122,7 @@ class JobRunner:
 
     def _copy(self) -> JobState:
         s = self._state
-        return dataclasses.replace(s, request=dict(s.request), history=list(s.history),
-                                   log=list(s.log))
+        return replace(s, request=dict(s.request), history=list(s.history), log=list(s.log))
 
     async def updates(self, job_id: int | None = None, interval: float = 0.25
                       ) -> AsyncIterator[JobState]:
@@ -354,7 +352,7 @@ class JobRunner:
         """Write the card (the pair is then complete), evict beyond the cap, make it usable."""
         self._update(status=SAVING)
         if test:
-            card = dataclasses.replace(card, metrics=Metrics(test=AccuracyMetrics.from_dict(test)))
+            card = replace(card, metrics=Metrics(test=AccuracyMetrics.from_dict(test)))
         write_card(self.store.folder, name, card)
         for old in self.store.added(name):
             self.registry.forget(old)
