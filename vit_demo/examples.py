@@ -36,12 +36,8 @@ class ExampleGallery:
         # Known before any data: the k-th test image of each class, in class order.
         self.names = [f"{label} {k + 1}" for label in CLASSES for k in range(per_class)]
         self._lock = threading.Lock()
-        self.state, self._paths, self.message = ABSENT, [], ""  # set only by ``_set``
-
-    @property
-    def paths(self) -> list[Path]:
-        """One PNG per example, in the order of ``names``; empty until ``ready``."""
-        return list(self._paths)
+        # set only by ``_set``; paths: one PNG per example, in the order of ``names``, once ready
+        self.state, self.paths, self.message = ABSENT, [], ""
 
     def fill(self, load_test: Callable[[], Split]) -> None:
         """Write the examples from the test split ``load_test`` returns; on ``DataUnavailable``
@@ -80,11 +76,11 @@ class ExampleGallery:
             raise ValueError(f"Unknown example {name!r}.")
         if self.state != READY:
             raise ValueError(self.message or "No example images on this server.")
-        return self._paths[self.names.index(name)]
+        return self.paths[self.names.index(name)]
 
     def _set(self, state: str, paths: list[Path], message: str) -> None:
         with self._lock:
-            self.state, self._paths, self.message = state, paths, message
+            self.state, self.paths, self.message = state, paths, message
 
 
 def open_gallery(data_dir=None, download: bool = False, folder: Path | None = None,
@@ -93,9 +89,8 @@ def open_gallery(data_dir=None, download: bool = False, folder: Path | None = No
     downloaded in the background by ``load_test`` (default: torchvision's archive, which brings
     the training split too); else empty, saying why."""
     gallery = ExampleGallery(folder, per_class)
-    local = partial(load_cifar10, "test", data_dir, download=False)
     if not data_problem("test", data_dir) or not download:
-        gallery.fill(local)
+        gallery.fill(partial(load_cifar10, "test", data_dir, download=False))
     else:
         gallery.fill_in_background(load_test or partial(load_cifar10, "test", data_dir, download=True))
     return gallery

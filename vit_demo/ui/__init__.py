@@ -6,6 +6,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -16,11 +17,11 @@ from ..data import Split
 from ..examples import open_gallery
 from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
-from ..registry import SCRATCH, VITB16, Registry
+from ..registry import LOADING, SCRATCH, VITB16, Registry
 from ..settings import Settings
 from . import attention, classify, compare, finetune, inside
-from .common import (CSS, AppContext, any_loading, default_choice, model_choices, model_status,
-                     share_image, status_badges, status_details)
+from .common import (CSS, AppContext, default_choice, model_choices, share_image,
+                     status_badges, status_details)
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
 
@@ -78,7 +79,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             choice = gr.Dropdown(choices=model_choices(registry),
                                  **({"value": default_choice(registry)} if on_load else {}))
             return (status_badges(registry), status_details(registry), choice, choice,
-                    gr.Timer(active=any_loading(registry)))
+                    gr.Timer(active=any(s.state == LOADING for s in registry.statuses())))
 
         page_outputs = [badges, details, classify_choice, attention_choice, timer]
         demo.load(lambda: page_state(True), outputs=page_outputs, api_visibility="private", queue=False)
@@ -87,7 +88,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 
         def status() -> list[dict]:
             """Every model of this server: its key, label, kind, state (ready, loading, unavailable, not loaded), the reason when it is not ready, and where its weights come from."""
-            return model_status(registry)
+            return [asdict(s) for s in registry.statuses()]
 
         gr.api(status, api_name="status")
     demo.queue(max_size=ctx.settings.queue_size)

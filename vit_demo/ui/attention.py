@@ -20,8 +20,8 @@ from ..registry import VITB16, LoadedModel
 from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
 from ..rollout import HEAD_FUSIONS
 from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, load_models,
-                     model_choices, model_dropdown, read_image, side_titles, unavailable_message,
-                     unavailable_note, user_errors)
+                     model_dropdown, read_image, unavailable_message, unavailable_note,
+                     user_errors)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
 MAX_DISCARD_RATIO = 0.99
@@ -59,28 +59,24 @@ class Settings:
     faithfulness_all: bool = False  # also for models too slow to score on every request
 
 
-def _integer(value: float | int | None, name: str) -> int:
-    """``value`` as an int, or a ``ValueError`` unless it is a whole number (a number field
-    may send 0.5 or NaN)."""
+def _number(value, name: str, whole: bool = False) -> float | int:
+    """``value`` as a float (``whole``: as an int), or a ``ValueError`` unless it is a number
+    (``whole``: a whole one; a number field may send 0.5 or NaN)."""
     try:
-        whole = value is not None and float(value) == int(value)
+        number = float(value)
+        if not whole:
+            return number
+        if number == int(number):
+            return int(number)
     except (TypeError, ValueError, OverflowError):
-        whole = False
-    if not whole:
-        raise ValueError(f"{name} must be a whole number, got {value!r}.")
-    return int(value)
-
-
-def _number(value, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a number, got {value!r}.") from exc
+        pass
+    raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}.")
 
 
 def settings_from(method: str, head_fusion: str, discard_ratio: float, start_layer: float | int,
-                  target_class: str, layer: float | int, head: float | int | None, colormap: str,
-                  opacity: float, grid: bool, view: str = PHOTO, faithfulness_all: bool = False
+                  target_class: str, layer: float | int, head: float | int | None = None,
+                  colormap: str = DEFAULT_COLORMAP, opacity: float = DEFAULT_OPACITY,
+                  grid: bool = False, view: str = PHOTO, faithfulness_all: bool = False
                   ) -> Settings:
     """The form's values as typed settings; what only the app defines (target class names,
     views) is checked here, everything else by the core."""
@@ -90,8 +86,9 @@ def settings_from(method: str, head_fusion: str, discard_ratio: float, start_lay
     if view not in (PHOTO, MODEL_VIEW):
         raise ValueError(f"Unknown view {view!r}. Choose {PHOTO!r} or {MODEL_VIEW!r}.")
     return Settings(method, head_fusion, _number(discard_ratio, "Discard ratio"),
-                    _integer(start_layer, "Start layer"), target_class, _integer(layer, "Layer"),
-                    None if head is None else _integer(head, "Head"), colormap,
+                    _number(start_layer, "Start layer", whole=True), target_class,
+                    _number(layer, "Layer", whole=True),
+                    None if head is None else _number(head, "Head", whole=True), colormap,
                     _number(opacity, "Opacity"), bool(grid), view, bool(faithfulness_all))
 
 
@@ -103,32 +100,6 @@ def target_index(settings: Settings, loaded: LoadedModel) -> int | None:
         raise ValueError(f"{loaded.label} has no class {settings.target_class!r}; its classes are "
                          f"{', '.join(loaded.classes)}.")
     return loaded.classes.index(settings.target_class)
-
-
-def scores_faithfulness(loaded: LoadedModel, settings: Settings) -> bool:
-    """Whether a request scores this model's map: always for small inputs (the scratch ViT's
-    32 px, tens of milliseconds), for the others only when asked (ViT-B/16 on a CPU: seconds)."""
-    return settings.faithfulness_all or loaded.data_cfg.input_size[1] <= 64
-
-
-def faithfulness_markdown(label: str, settings: Settings, target: str, grid: tuple[int, int],
-                          scores: Faithfulness | None, pending: bool = False) -> str:
-    """What is shown beside a map: which map it is, and how faithful it is (``pending``: the
-    scores are on their way)."""
-    what = METHOD_NAMES.get(settings.method, settings.method)
-    title = f"**{label}**: {what}" + (f" for *{target}*" if settings.method == "grad" else "") + \
-        f", {grid[0]}x{grid[1]} patches"
-    if pending:
-        return title + "\n\nScoring the map (deletion and insertion)..."
-    if scores is None:
-        return title + "\n\nFaithfulness not scored for this model (tick *Score ViT-B/16's maps too*)."
-    rows = [("this map", scores.map), ("random order", scores.random),
-            ("centre first", scores.centre)]
-    table = ["| | deletion (lower: better) | insertion (higher: better) |", "| --- | --- | --- |"]
-    table += [f"| {name} | {s.deletion:.3f} | {s.insertion:.3f} |" for name, s in rows]
-    return (f"{title}\n\n" + "\n".join(table) + f"\n\n{scores.reading()} "
-            f"(Probability of *{target}* as the map's top patches are removed or put back, "
-            f"{scores.steps} steps.)")
 
 
 @dataclass(frozen=True)
@@ -145,8 +116,25 @@ class MapShown:
     probability: float  # of ``target`` on the unperturbed input, from the map's forward pass
 
     def text(self, scores: Faithfulness | None, pending: bool = False) -> str:
-        return faithfulness_markdown(self.label, self.settings, self.target_name, self.grid,
-                                     scores, pending)
+        """What is shown beside the map: which map it is, and how faithful it is (``pending``:
+        the scores are on their way)."""
+        method = self.settings.method
+        title = (f"**{self.label}**: {METHOD_NAMES.get(method, method)}"
+                 + (f" for *{self.target_name}*" if method == "grad" else "")
+                 + f", {self.grid[0]}x{self.grid[1]} patches")
+        if pending:
+            return title + "\n\nScoring the map (deletion and insertion)..."
+        if scores is None:
+            return (title + "\n\nFaithfulness not scored for this model "
+                    "(tick *Score ViT-B/16's maps too*).")
+        rows = [("this map", scores.map), ("random order", scores.random),
+                ("centre first", scores.centre)]
+        table = ["| | deletion (lower: better) | insertion (higher: better) |",
+                 "| --- | --- | --- |"]
+        table += [f"| {name} | {s.deletion:.3f} | {s.insertion:.3f} |" for name, s in rows]
+        return (f"{title}\n\n" + "\n".join(table) + f"\n\n{scores.reading()} "
+                f"(Probability of *{self.target_name}* as the map's top patches are removed or "
+                f"put back, {scores.steps} steps.)")
 
 
 @dataclass(frozen=True)
@@ -205,7 +193,9 @@ def score(registry, unscored: Unscored) -> tuple[dict, str, str]:
             continue
         loaded = registry.get(m.key)
         scores = None
-        if scores_faithfulness(loaded, m.settings):
+        # always for small inputs (the scratch ViT's 32 px, tens of milliseconds), for the
+        # others only when asked (ViT-B/16 on a CPU: seconds)
+        if m.settings.faithfulness_all or loaded.data_cfg.input_size[1] <= 64:
             scores = faithfulness(loaded.model, m.x, m.heatmap, m.target, steps=PAGE_STEPS,
                                   image_probability=m.probability)
             values[m.key]["faithfulness"] = scores.to_dict()
@@ -213,13 +203,11 @@ def score(registry, unscored: Unscored) -> tuple[dict, str, str]:
     return values, texts[0], texts[1]
 
 
-def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_fusion: str,
-            discard_ratio: float, start_layer: float | int, target_class: str, layer: float | int,
-            head: float | int | None = None, colormap: str = DEFAULT_COLORMAP,
-            opacity: float = DEFAULT_OPACITY, grid: bool = False, view: str = PHOTO,
-            faithfulness_all: bool = False, scored: bool = True) -> tuple:
+def rollout(ctx: AppContext, image: str | None, choice: str, *form: object,
+            scored: bool = True) -> tuple:
     """(left overlay, right overlay, left top-k, right top-k, values per model, notes,
-    left faithfulness, right faithfulness, what ``score`` needs per side).
+    left faithfulness, right faithfulness, what ``score`` needs per side) for the settings
+    ``form`` (the values ``settings_from`` takes).
 
     ``scored=False`` leaves the scores out (the texts say they are coming) for ``score`` to add:
     the page shows a map after one forward pass and its scores a moment later.
@@ -233,49 +221,37 @@ def rollout(ctx: AppContext, image: str | None, choice: str, method: str, head_f
     """
     img = read_image(image, ctx.settings)
     keys = keys_for(choice, ctx.registry)
-    settings = settings_from(method, head_fusion, discard_ratio, start_layer, target_class, layer,
-                             head, colormap, opacity, grid, view, faithfulness_all)
+    settings = settings_from(*form)
     loaded = load_models(ctx.registry, keys)
     targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
-    sides: list[tuple] = []  # (picture, confidences) per model
-    shown: list[MapShown | None] = []
+    sides: list[tuple] = []  # (picture, confidences, what scoring needs) per model
     values: dict[str, dict] = {}
     notes = []
     for key, m in loaded.items():
         if m is None:
-            sides.append((None, None))
-            shown.append(None)
+            sides.append((None, None, None))
             values[key] = {"label": ctx.registry.label(key), "available": False,
                            "reason": unavailable_message(ctx.registry, key)}
             notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
-        picture, confidences, values[key], one = explain_one(key, m, img, settings, targets[key])
-        sides.append((picture, confidences))
-        shown.append(one)
+        picture, confidences, values[key], shown = explain_one(key, m, img, settings, targets[key])
+        sides.append((picture, confidences, shown))
         depth, heads = m.adapter.depth_and_heads(m.model)
-        rows, cols = values[key]["grid_size"]
-        flat = np.asarray(values[key]["values"])
+        rows, cols = shown.grid
         notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
-                     f"span the map's values {flat.min():.4g} to {flat.max():.4g}; the map in "
+                     f"span the map's values {shown.heatmap.min():.4g} to "
+                     f"{shown.heatmap.max():.4g}; the map in "
                      f"{(time.perf_counter() - start) * 1000:.0f} ms")
-    sides += [(None, None)] * (2 - len(sides))
-    (left, left_top), (right, right_top) = sides
-    unscored = Unscored(tuple(shown + [None] * (2 - len(shown))), values)
+    sides += [(None, None, None)] * (2 - len(sides))
+    (left, left_top, left_map), (right, right_top, right_map) = sides
+    unscored = Unscored((left_map, right_map), values)
     if scored:
         values, left_text, right_text = score(ctx.registry, unscored)
     else:
         left_text, right_text = (m.text(None, pending=True) if m else "" for m in unscored.sides)
     return (left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text,
             unscored)
-
-
-def control_visibility(method: str) -> tuple:
-    """Show only the controls the method uses: head fusion, discard ratio, start layer,
-    target class, layer, head."""
-    return (gr.update(visible=method in ("rollout", "raw")), gr.update(visible=method == "rollout"),
-            gr.update(visible=method in ("rollout", "grad")), gr.update(visible=method == "grad"),
-            gr.update(visible=method == "raw"), gr.update(visible=method == "raw"))
 
 
 def build_tab(ctx: AppContext):
@@ -315,14 +291,13 @@ def build_tab(ctx: AppContext):
                       "more inputs at 224 px)")
             run = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=2, min_width=280):
-            _, both = side_titles(choice.value, ctx.registry)
             with gr.Row():
                 with gr.Column(min_width=260):
                     left = gr.Image(label="Scratch ViT / chosen model", show_label=False, format="png",
                                     type="numpy", interactive=False, elem_id=LEFT_ID)
                     left_faith = gr.Markdown(elem_id=f"{LEFT_ID}-faithfulness")
                     left_label = gr.Label(num_top_classes=TOP_K, label="Prediction")
-                with gr.Column(min_width=260, visible=both) as right_side:
+                with gr.Column(min_width=260, visible=choice.value == BOTH) as right_side:
                     right = gr.Image(label="ViT-B/16", show_label=False, format="png", type="numpy",
                                      interactive=False, elem_id=RIGHT_ID)
                     right_faith = gr.Markdown(elem_id=f"{RIGHT_ID}-faithfulness")
@@ -379,16 +354,17 @@ def build_tab(ctx: AppContext):
     # the API's one endpoint: map and scores in one answer (no button on the page fires it)
     gr.Button(visible=False).click(attention_rollout, inputs=inputs, outputs=outputs,
                                    api_name="rollout", **INFERENCE)
-    method.change(control_visibility, inputs=[method],
-                  outputs=[head_fusion, discard_ratio, start_layer, target_class, layer, head],
-                  api_visibility="private", queue=False)
+    # only the controls the chosen method uses are shown
+    used_by = {head_fusion: ("rollout", "raw"), discard_ratio: ("rollout",),
+               start_layer: ("rollout", "grad"), target_class: ("grad",), layer: ("raw",),
+               head: ("raw",)}
+    method.change(lambda m: [gr.update(visible=m in methods) for methods in used_by.values()],
+                  inputs=[method], outputs=list(used_by), api_visibility="private", queue=False)
+
     def show_sides(c: str):
         """The right side with "both"; the ViT-B/16 scoring switch only where it is used."""
-        return (gr.Column(visible=side_titles(c, ctx.registry)[1]),
-                gr.Checkbox(visible=c in (BOTH, VITB16)))
+        return gr.Column(visible=c == BOTH), gr.Checkbox(visible=c in (BOTH, VITB16))
 
     choice.change(show_sides, inputs=[choice], outputs=[right_side, faithfulness_all],
                   api_visibility="private", queue=False)
-    choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
-                 api_visibility="private")
     return image, picked, choice

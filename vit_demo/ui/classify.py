@@ -8,8 +8,7 @@ from ..data import CLASSES
 from ..inference import predict
 from ..registry import SCRATCH, VITB16
 from .common import (INFERENCE, AppContext, examples, image_input, keys_for, load_models,
-                     model_choices, model_dropdown, read_image, side_titles, unavailable_note,
-                     user_errors)
+                     model_dropdown, read_image, side_titles, unavailable_note, user_errors)
 
 TOP_K = 5
 
@@ -35,8 +34,7 @@ def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | No
 
 def build_tab(ctx: AppContext):
     """The tab's components; returns (image input, the event after which a picked example is
-    in it, model dropdown), which the page shares with the other tabs and fills in when a
-    visitor opens it."""
+    in it, model dropdown): the page shares them with the other tabs, fills them in on load."""
     gr.Markdown(
         "Drop, paste or photograph an image. The models know only CIFAR-10's ten classes: "
         + ", ".join(CLASSES) + ". Anything else is forced into one of them.")
@@ -75,12 +73,11 @@ def build_tab(ctx: AppContext):
                       api_name="classify_example")
     run.click(classify_image, inputs=[image, choice], outputs=[left, right, notes],
               api_name="classify", **INFERENCE)
+
     def show_sides(c: str):
         title, both = side_titles(c, ctx.registry)
         return gr.Label(label=title), gr.Label(visible=both)
 
     choice.change(show_sides, inputs=[choice], outputs=[left, right], api_visibility="private",
                   queue=False)
-    choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
-                 api_visibility="private")
     return image, picked, choice

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -48,13 +48,10 @@ def user_errors() -> Iterator[None]:
 
 
 class ImageUpload(gr.Image):
-    """``gr.Image`` that hands its handler the uploaded file's path without opening it.
-
-    Gradio's own ``gr.Image`` decodes the upload before the handler runs (an image sent inline
-    as a ``data:`` URL too), so a damaged or huge file fails there with an opaque message, after
-    costing its pixels in memory; here the bytes are only written to a file, and ``read_image``
-    decodes it within the limits and says what is wrong.
-    """
+    """``gr.Image`` that hands its handler the uploaded file's path without opening it. Gradio's
+    own decodes the upload (an inline ``data:`` URL too) before the handler runs, so a damaged or
+    huge file fails there with an opaque message, after costing its pixels in memory; here the
+    bytes are only written to a file, and ``read_image`` decodes it within the limits."""
 
     max_bytes = MAX_FILE_BYTES  # largest inline image; ``image_input`` sets the deployment's
 
@@ -96,24 +93,20 @@ def gallery_note(gallery: ExampleGallery) -> str:
             "No example images on this server. Drop a photo of your own instead.")
 
 
-def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: list | None = None,
+def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
              api_name: str | None = None):
     """The CIFAR-10 examples feeding ``image``; returns the event after which an example's image
-    is in ``image`` (``None`` when this server has no examples), for ``share_image``.
-
-    ``fn(image_path)`` with ``outputs`` is what an example shows besides its image; Gradio caches
-    it (lazily: at first use) when ``ctx.cache_examples``. The examples are the images themselves
-    when they were written before the page was built; while CIFAR-10 is still downloading they
-    are named ("cat 1") and bring their image when picked, once the download is done. A note
-    above them says what is going on, refreshed on page load and while the download runs."""
+    is in ``image`` (``None`` when this server has none), for ``share_image``. ``fn(image_path)``
+    with ``outputs`` is what an example shows besides its image (Gradio caches it lazily with
+    ``ctx.cache_examples``). While CIFAR-10 downloads, the examples are names ("cat 1") that
+    bring their image once it is done; a note above them says what is going on."""
     gallery = ctx.gallery
     note = gr.Markdown(gallery_note(gallery))
-    outputs = list(outputs or [])
     cache = ctx.cache_examples and fn is not None
     common = {"label": GALLERY_LABEL, "examples_per_page": 20, "cache_mode": "lazy",
               "api_name": api_name or "load_example"}
     if gallery.state == GALLERY_READY:
-        picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=outputs,
+        picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=[*outputs],
                              fn=fn, cache_examples=cache, run_on_click=fn is not None, **common)
         return picked.load_input_event
     if gallery.state != DOWNLOADING:
@@ -151,9 +144,7 @@ def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
     """One image for the whole visit: an image put into any of ``inputs`` (dropped, pasted,
     photographed, cleared, or picked from that tab's examples) becomes the image of all others.
     Each pair is (image, the event after which a picked example is in it, or ``None``).
-
-    ``.input`` fires only on what the visitor does, not on these copies, so nothing loops.
-    """
+    ``.input`` fires only on what the visitor does, not on these copies, so nothing loops."""
     for i, (image, picked) in enumerate(inputs):
         others = [other for j, (other, _) in enumerate(inputs) if j != i]
         if not others:
@@ -168,8 +159,7 @@ def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
 
 
 def read_image(path: str | Path | None, settings: Settings):
-    """The RGB image at ``path``, within ``settings``' limits, or a ``gr.Error`` the person can
-    act on."""
+    """The RGB image at ``path`` within ``settings``' limits, or a ``gr.Error`` one can act on."""
     if path is None:
         raise gr.Error("Add an image first: drop a file, paste one, use the webcam or pick an example.")
     try:
@@ -183,22 +173,26 @@ def default_choice(registry: Registry) -> str:
     return BOTH if all(registry.status(k).state == READY for k in (SCRATCH, VITB16)) else SCRATCH
 
 
-def model_choices(registry: Registry, with_both: bool = True) -> list[tuple[str, str]]:
+def model_choices(registry: Registry) -> list[tuple[str, str]]:
     """(label, key) pairs for a dropdown: both side by side (when both can be used), then every
     model, an unavailable one marked so."""
     statuses = registry.statuses()
     usable = {s.key for s in statuses if s.state != UNAVAILABLE}
-    pairs = ([("Scratch ViT and ViT-B/16, side by side", BOTH)]
-             if with_both and {SCRATCH, VITB16} <= usable else [])
+    pairs = [("Scratch ViT and ViT-B/16, side by side", BOTH)] if {SCRATCH, VITB16} <= usable else []
     for status in statuses:
         note = "" if status.state in (READY, NOT_LOADED) else f" [{status.state}]"
         pairs.append((status.label + note, status.key))
     return pairs
 
 
-def model_dropdown(registry: Registry) -> gr.Dropdown:
-    return gr.Dropdown(model_choices(registry), value=default_choice(registry), label="Model",
-                       allow_custom_value=True)
+def model_dropdown(registry: Registry, value: str | None = None) -> gr.Dropdown:
+    """The model choice (``value`` default: ``default_choice``); its choices are read again when
+    it gets the focus, so that a fine-tune finished after the page was built is offered."""
+    dropdown = gr.Dropdown(model_choices(registry), value=value or default_choice(registry),
+                           label="Model", allow_custom_value=True)
+    dropdown.focus(lambda: gr.Dropdown(choices=model_choices(registry)), outputs=[dropdown],
+                   api_visibility="private")
+    return dropdown
 
 
 def side_titles(choice: str, registry: Registry) -> tuple[str, bool]:
@@ -231,13 +225,9 @@ def load_models(registry: Registry, keys: list[str]) -> dict[str, LoadedModel | 
     return loaded
 
 
-def model_status(registry: Registry) -> list[dict]:
-    """Every model's status, for the ``/status`` API: key, label, kind, state, reason, source."""
-    return [asdict(s) for s in registry.statuses()]
-
-
 # -- what the page says about the models ------------------------------------------------------
 SHORT_NAMES = {SCRATCH: "Scratch ViT", VITB16: "ViT-B/16"}
+_SHORT_REASONS = {READY: "", LOADING: "loading now", NOT_LOADED: "loads on first use"}
 _EXCEPTION = re.compile(r"\s*\([A-Za-z_][\w.]*(Error|Exception|NotFound)\w*:.*?\)(?=[.;]|\s|$)", re.S)
 
 
@@ -247,12 +237,8 @@ def short_name(status: ModelStatus) -> str:
 
 def short_reason(status: ModelStatus) -> str:
     """A few words on why a model is not ready (no exception text), or "" when it is."""
-    if status.state == READY:
-        return ""
-    if status.state == LOADING:
-        return "loading now"
-    if status.state == NOT_LOADED:
-        return "loads on first use"
+    if status.state in _SHORT_REASONS:
+        return _SHORT_REASONS[status.state]
     if status.source.startswith(HUB_PREFIX):
         return "weights not on this server"
     if "hub downloads are switched off" in status.reason:
@@ -265,9 +251,8 @@ def how_to_get(status: ModelStatus, weights_dir: Path | None = None) -> str:
     no path of this machine (``weights_dir`` reads "the weights folder")."""
     if status.source.startswith(HUB_PREFIX) or "hub" in status.reason:
         return ("Its weights are not on this server and cannot be downloaded from the Hugging Face "
-                "hub now. To use it: run "
-                "the app once with network access (the download is cached), or put "
-                "`vit-b16-cifar10.safetensors` + `.json` in the weights folder.")
+                "hub now. To use it: run the app once with network access (the download is "
+                "cached), or put `vit-b16-cifar10.safetensors` + `.json` in the weights folder.")
     reason = re.sub(r"^[A-Za-z_]\w*(Error|Exception): ", "", _EXCEPTION.sub("", status.reason))
     if weights_dir is not None:
         reason = reason.replace(str(weights_dir), "the weights folder")
@@ -307,17 +292,9 @@ def status_badges(registry: Registry) -> str:
 
 def status_details(registry: Registry) -> str:
     """Every model with its state, where its weights come from and, if unavailable, how to get it."""
-    lines = []
-    for s in registry.statuses():
-        line = f"- **{s.label}**: {s.state}; weights: `{s.source}`"
-        if s.state == UNAVAILABLE:
-            line += f". {how_to_get(s, registry.weights_dir)}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def any_loading(registry: Registry) -> bool:
-    return any(s.state == LOADING for s in registry.statuses())
+    return "\n".join(f"- **{s.label}**: {s.state}; weights: `{s.source}`"
+                     + (f". {how_to_get(s, registry.weights_dir)}" if s.state == UNAVAILABLE else "")
+                     for s in registry.statuses())
 
 
 CSS = """

@@ -28,11 +28,6 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
 
 
-def _inline(text: str) -> str:
-    """Plain text with `code` spans, as HTML."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
 def _table(header: list[str], rows: list[list[str]], elem_class: str = "figure-table") -> str:
     """An HTML table that scrolls sideways inside its box on a narrow screen (the page does not)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -45,12 +40,11 @@ def summary_table(rows: list[ModelFigures]) -> str:
     """Accuracy, size, FLOPs and the card's CPU latency of every model, with their source."""
     header = ["model", "CIFAR-10 test top-1", "test images", "parameters", "GFLOPs / image",
               "CPU latency, 1 image (card)", "where the figures come from"]
-    out = []
-    for r in rows:
-        out.append([html.escape(r.label), _fmt(r.accuracy and 100 * r.accuracy, ".2f", " %"),
-                    _fmt(r.test_images, ","), _fmt(r.params and r.params / 1e6, ".2f", " M"),
-                    _fmt(r.flops and r.flops / 1e9, ".3f"), _fmt(r.cpu_latency_ms, ".1f", " ms"),
-                    _inline(r.note)])
+    out = [[html.escape(r.label), _fmt(r.accuracy and 100 * r.accuracy, ".2f", " %"),
+            _fmt(r.test_images, ","), _fmt(r.params and r.params / 1e6, ".2f", " M"),
+            _fmt(r.flops and r.flops / 1e9, ".3f"), _fmt(r.cpu_latency_ms, ".1f", " ms"),
+            re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(r.note))]  # `code` spans
+           for r in rows]
     return _table(header, out) + (
         '<p class="figure-note">Accuracy, per-class accuracy and confusion matrices: the card\'s '
         "test run (<code>python -m vit_demo evaluate --update-card</code>). Its CPU latency is "
@@ -69,45 +63,37 @@ def per_class_table(rows: list[ModelFigures]) -> str:
     return _table(header, out)
 
 
-def confusion_images(rows: list[ModelFigures]) -> list[tuple[str, str]]:
-    """(PNG path, caption) per measured model; each drawn once per distinct matrix."""
-    out = []
+def figures_html(rows: list[ModelFigures]) -> str:
+    """The confusion matrices as whole figures (scaled to the width, never cropped), inline;
+    each drawn once per distinct matrix."""
+    parts = []
     for r in rows:
         if r.confusion is None:
             continue
         path = _PNG_DIR / f"{abs(hash((r.key, str(r.confusion)))):x}.png"
         if not path.is_file():
             save_confusion_png(r.confusion, CLASSES, path, title=r.label)
-        out.append((str(path), f"{r.label}: confusion matrix from the card's test run ({r.note}); "
-                               "rows: true class, columns: predicted"))
-    return out
-
-
-def figures_html(images: list[tuple[str, str]]) -> str:
-    """The confusion matrices as whole figures (scaled to the width, never cropped), inline."""
-    if not images:
+        caption = html.escape(f"{r.label}: confusion matrix from the card's test run ({r.note}); "
+                              "rows: true class, columns: predicted")
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
+                     f"<figcaption>{caption}</figcaption></figure>")
+    if not parts:
         return "<p>No confusion matrices yet: no model has measured figures in its card.</p>"
-    parts = []
-    for path, caption in images:
-        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return '<div class="figures">' + "".join(parts) + "</div>"
 
 
-def _figures(registry: Registry, key: str) -> ModelFigures:
-    """A model's figures; an unavailable model's note says how to get it, not the exception."""
-    row = figures(registry, key)
-    status = registry.status(key)
-    if status.state == UNAVAILABLE:
-        row = dataclasses.replace(row, note=f"unavailable: {how_to_get(status, registry.weights_dir)}")
-    return row
-
-
 def compare(registry: Registry) -> tuple[str, str, str]:
-    """(summary table, per-class table, confusion-matrix figures), all HTML."""
-    rows = [_figures(registry, key) for key in registry.keys()]
-    return summary_table(rows), per_class_table(rows), figures_html(confusion_images(rows))
+    """(summary table, per-class table, confusion-matrix figures), all HTML. An unavailable
+    model's note says how to get it, not the exception."""
+    rows = []
+    for key in registry.keys():
+        row, status = figures(registry, key), registry.status(key)
+        if status.state == UNAVAILABLE:
+            row = dataclasses.replace(
+                row, note=f"unavailable: {how_to_get(status, registry.weights_dir)}")
+        rows.append(row)
+    return summary_table(rows), per_class_table(rows), figures_html(rows)
 
 
 def measure_latency(ctx: AppContext, runs: int = LATENCY_RUNS) -> str:

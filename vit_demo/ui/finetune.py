@@ -13,14 +13,13 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from functools import partial
 
 import gradio as gr
 import pandas as pd
 
 from ..data import data_problem
-from ..examples import DOWNLOADING, ExampleGallery
+from ..examples import DOWNLOADING
 from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
@@ -73,14 +72,11 @@ def progress_html(state: JobState) -> str:
     return "\n".join(lines)
 
 
-def _thin(rows: list[dict]) -> list[dict]:
-    every = math.ceil(len(rows) / MAX_PLOT_POINTS) if rows else 1
-    return [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
-
-
 def plot_frames(state: JobState) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long-format (step, value, series) frames: training loss; training and validation accuracy."""
-    rows = _thin([r for r in state.history if "train_loss" in r])
+    rows = [r for r in state.history if "train_loss" in r]
+    every = max(1, math.ceil(len(rows) / MAX_PLOT_POINTS))  # thinned to MAX_PLOT_POINTS
+    rows = [r for i, r in enumerate(rows) if i % every == 0 or i == len(rows) - 1]
     loss = [{"step": r["step"], "value": r["train_loss"], "series": "train loss"} for r in rows]
     acc = [{"step": r["step"], "value": r["train_accuracy"], "series": "train accuracy"} for r in rows]
     acc += [{"step": r["step"], "value": r["val_accuracy"], "series": "validation accuracy"}
@@ -91,66 +87,18 @@ def plot_frames(state: JobState) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def view(state: JobState, runner: JobRunner) -> Outputs:
-    """The tab's outputs for ``state``."""
+    """The tab's outputs for ``state``. Its files: the finished job's checkpoint and card while
+    the store still holds them (Gradio serves a copy from its cache, which it empties hourly)."""
     # No frame before the first step: the plot keeps the axis types and the series of its
     # first frame, which therefore holds the starting validation accuracy and a training row.
     trained = bool(state.history) and "train_loss" in state.history[-1]
     loss, acc = plot_frames(state) if trained else (None, None)
-    return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]),
-            _downloads(state, runner), state.summary())
-
-
-def _downloads(state: JobState, runner: JobRunner) -> list[str] | None:
-    """The finished job's checkpoint and card while the store still holds them (Gradio serves
-    a copy from its cache, which it empties every hour)."""
-    if state.status != DONE or not state.model_key:
-        return None
-    paths = [runner.store.tensors_path(state.model_key),
-             runner.store.tensors_path(state.model_key).with_suffix(".json")]
-    return [str(p) for p in paths if p.is_file()] or None
-
-
-@dataclass(frozen=True)
-class Handlers:
-    """The tab's event handlers over the server's one ``JobRunner`` (bound methods, so that
-    Gradio sees their parameter names and hands them the ``gr.Request``)."""
-    runner: JobRunner
-    gallery: ExampleGallery  # whether CIFAR-10 is still downloading
-
-    async def finetune(self, base: str, train_images: float, epochs: float, steps: float,
-                    batch_size: float, lr: float, freeze_backbone: bool, seed: float, name: str,
-                    val_images: float, test_images: float, request: gr.Request
-                    ) -> AsyncIterator[Outputs]:
-        """Fine-tune a model on CIFAR-10 on this server (one job at a time for everyone) and stream its state until it ends. ``name`` labels the new model; its key is the label plus a suffix the server chooses."""
-        if self.gallery.state == DOWNLOADING:
-            raise gr.Error(DOWNLOADING_NOTE)
-        with user_errors():
-            state = self.runner.start(FinetuneRequest(
-                base=base, train_images=train_images, epochs=epochs, steps=steps,
-                batch_size=batch_size, lr=lr, freeze_backbone=freeze_backbone, seed=seed,
-                name=name, val_images=val_images, test_images=test_images),
-                owner=request.session_hash or "")
-        async for state in self.runner.updates(state.id):
-            yield view(state, self.runner)
-        if state.status == FAILED:
-            raise gr.Error(f"The fine-tune failed: {state.error}")
-
-    async def follow(self) -> AsyncIterator[Outputs]:
-        """The current job's state, streamed while it is active (one update when it is not)."""
-        async for state in self.runner.updates():
-            yield view(state, self.runner)
-
-    def stop(self, request: gr.Request) -> Outputs:
-        """Stop the running job, if this session started it; the state then."""
-        with user_errors():
-            state = self.runner.stop(owner=request.session_hash or "")
-        if not state.active:
-            gr.Warning("No fine-tuning job is running.")
-        return view(state, self.runner)
-
-    def status(self) -> Outputs:
-        """The job's state now."""
-        return view(self.runner.snapshot(), self.runner)
+    files = None
+    if state.status == DONE and state.model_key:
+        tensors = runner.store.tensors_path(state.model_key)
+        files = [str(p) for p in (tensors, tensors.with_suffix(".json")) if p.is_file()] or None
+    return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
+            state.summary())
 
 
 def form_defaults(base: str, device: str) -> list:
@@ -231,24 +179,52 @@ def build_tab(ctx: AppContext) -> JobRunner:
     inputs = [base, train_images, epochs, steps, batch_size, lr, freeze, seed, name, val_images,
               test_images]
     outputs = [progress, loss_plot, acc_plot, log, files, state_json]
-    handlers = Handlers(runner, ctx.gallery)
+
+    async def finetune(base: str, train_images: float, epochs: float, steps: float,
+                       batch_size: float, lr: float, freeze_backbone: bool, seed: float, name: str,
+                       val_images: float, test_images: float, request: gr.Request
+                       ) -> AsyncIterator[Outputs]:
+        """Fine-tune a model on CIFAR-10 on this server (one job at a time for everyone) and stream its state until it ends. ``name`` labels the new model; its key is the label plus a suffix the server chooses."""
+        if ctx.gallery.state == DOWNLOADING:
+            raise gr.Error(DOWNLOADING_NOTE)
+        with user_errors():
+            state = runner.start(FinetuneRequest(
+                base=base, train_images=train_images, epochs=epochs, steps=steps,
+                batch_size=batch_size, lr=lr, freeze_backbone=freeze_backbone, seed=seed,
+                name=name, val_images=val_images, test_images=test_images),
+                owner=request.session_hash or "")
+        async for state in runner.updates(state.id):
+            yield view(state, runner)
+        if state.status == FAILED:
+            raise gr.Error(f"The fine-tune failed: {state.error}")
+
+    async def follow() -> AsyncIterator[Outputs]:
+        """The current job's state, streamed while it is active (one update when it is not)."""
+        async for state in runner.updates():
+            yield view(state, runner)
+
+    def stop(request: gr.Request) -> Outputs:
+        """Stop the running job, if this session started it; the state then."""
+        with user_errors():
+            state = runner.stop(owner=request.session_hash or "")
+        if not state.active:
+            gr.Warning("No fine-tuning job is running.")
+        return view(state, runner)
+
     # /finetune stays public (an MCP tool too): gradio_client takes keyword arguments and
     # defaults only for documented endpoints. Stop and status take none: callable by API
     # clients, but "undocumented", so no MCP tools (nor in view_api).
     job_api = {"concurrency_limit": None, "show_progress": "hidden"}
-    started = start_btn.click(handlers.finetune, inputs=inputs, outputs=outputs,
-                              api_name="finetune", **job_api)
-    started.failure(handlers.follow, outputs=outputs,
-                    api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    started = start_btn.click(finetune, inputs=inputs, outputs=outputs, api_name="finetune",
+                              **job_api)
+    started.failure(follow, outputs=outputs, api_visibility="private", **job_api)
     # The stop's answer is the state when it was asked; the job may end (and the start's stream
     # say so) before that answer lands, so the page follows the job again until it has ended.
-    stop_btn.click(handlers.stop, outputs=outputs, api_name="finetune_stop",
-                   api_visibility="undocumented", **job_api).then(
-        handlers.follow, outputs=outputs, api_visibility="private", **job_api)
-    refresh_btn.click(handlers.status, outputs=outputs, api_name="finetune_status",
-                      api_visibility="undocumented", **job_api)
-    gr.on(triggers=None, fn=handlers.follow, outputs=outputs,
-          api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    stop_btn.click(stop, outputs=outputs, api_name="finetune_stop", api_visibility="undocumented",
+                   **job_api).then(follow, outputs=outputs, api_visibility="private", **job_api)
+    refresh_btn.click(lambda: view(runner.snapshot(), runner), outputs=outputs,
+                      api_name="finetune_status", api_visibility="undocumented", **job_api)
+    gr.on(triggers=None, fn=follow, outputs=outputs, api_visibility="private", **job_api)
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
                outputs=[train_images, epochs, steps, batch_size, lr, freeze, name, val_images,
                         test_images], api_visibility="private", queue=False)

@@ -21,7 +21,7 @@ from ..inference import preprocess
 from ..inside import patch_size
 from ..inside_plots import DistanceFigure, WeightFigures, distance_figure, weight_figures
 from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
-from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_choices, read_image
+from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown, read_image
 
 T = TypeVar("T")
 _PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-inside-"))
@@ -45,25 +45,20 @@ READINGS = {
 DISTANCE_IMAGES = {ModelKind.SCRATCH: 256, ModelKind.TIMM: 32}
 
 
-class FigureCache:
-    """Figures per model object, each computed once (concurrent requests for the same model
+_CACHE_LOCK = threading.Lock()
+_CACHE: WeakKeyDictionary[nn.Module, tuple[threading.Lock, dict]] = WeakKeyDictionary()
+
+
+def cached(model: nn.Module, name: str, compute: Callable[[], T]) -> T:
+    """Figure ``name`` of a model object, computed once (concurrent requests for the same model
     wait for the first); a reloaded model (a new fine-tune) is a new object and gets new ones,
     the old one's go with it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._slots: WeakKeyDictionary[nn.Module, tuple[threading.Lock, dict]] = WeakKeyDictionary()
-
-    def get(self, model: nn.Module, name: str, compute: Callable[[], T]) -> T:
-        with self._lock:
-            lock, entries = self._slots.setdefault(model, (threading.Lock(), {}))
-        with lock:
-            if name not in entries:
-                entries[name] = compute()
-            return entries[name]
-
-
-CACHE = FigureCache()
+    with _CACHE_LOCK:
+        lock, entries = _CACHE.setdefault(model, (threading.Lock(), {}))
+    with lock:
+        if name not in entries:
+            entries[name] = compute()
+        return entries[name]
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,33 +84,7 @@ def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigur
         return distance_figure(loaded.model, loaded.kind, x, f"{len(x)} CIFAR-10 test images",
                                loaded.label)
 
-    return CACHE.get(loaded.model, f"distance-cifar10-{n}", compute)
-
-
-def ready_models(ctx: AppContext, choice: str) -> tuple[dict[str, LoadedModel], dict[str, str]]:
-    """(models to show, reasons for those not shown). Side by side shows the models that are
-    ready; one model chosen alone is loaded now. Raises ``gr.Error`` when none can be shown."""
-    keys = keys_for(choice, ctx.registry)
-    shown: dict[str, LoadedModel] = {}
-    reasons: dict[str, str] = {}
-    for key in keys:
-        status = ctx.registry.status(key)
-        if choice == BOTH and status.state != READY:
-            why = f": {status.reason}" if status.reason else "; it is shown once ready."
-            reasons[key] = f"{status.label} is {status.state}{why}"
-            continue
-        try:
-            shown[key] = ctx.registry.get(key)
-        except ModelUnavailable as exc:
-            reasons[key] = str(exc)
-    if not shown:
-        raise gr.Error(" ".join(reasons.values()))
-    return shown, reasons
-
-
-def _layer_ranges(distance: DistanceFigure) -> str:
-    return ", ".join(f"{i + 1}: {float(row.min()):.1f}-{float(row.max()):.1f}"
-                     for i, row in enumerate(distance.distance))
+    return cached(loaded.model, f"distance-cifar10-{n}", compute)
 
 
 def note(loaded: LoadedModel, weights: WeightFigures, distance: DistanceFigure | None,
@@ -129,15 +98,17 @@ def note(loaded: LoadedModel, weights: WeightFigures, distance: DistanceFigure |
             f"grid distance {grid['correlation_with_grid_distance']:.2f}. ")
     if distance is None:
         return text + no_distance
+    ranges = ", ".join(f"{i + 1}: {float(row.min()):.1f}-{float(row.max()):.1f}"
+                       for i, row in enumerate(distance.distance))
     return text + (f"Mean attention distance over {distance.source} (px, lowest-highest head per "
-                   f"layer): {_layer_ranges(distance)}; uniform attention {distance.uniform:.1f}.")
+                   f"layer): {ranges}; uniform attention {distance.uniform:.1f}.")
 
 
 def model_outputs(ctx: AppContext, loaded: LoadedModel, img: Image.Image | None
                   ) -> tuple[list[str | None], str, dict]:
     """([filters, positions, distance] PNG paths, note, JSON entry) for one model."""
-    weights = CACHE.get(loaded.model, "weights",  # the filters and position similarity
-                        lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
+    weights = cached(loaded.model, "weights",  # the filters and position similarity
+                     lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
     no_distance = ""
     try:
         distance = (cifar_distance_figure(ctx, loaded) if img is None else distance_figure(
@@ -161,21 +132,33 @@ def inside(ctx: AppContext, choice: str, image: str | None) -> tuple:
     distance, notes, values per model). The figures are PNG paths (None where not shown: a
     model that is not ready leaves its side empty, with the reason in the notes); the
     values are a dict keyed by registry key with the numbers behind them, or
-    ``available: False`` with the reason."""
+    ``available: False`` with the reason. Side by side shows the models that are ready; one
+    model chosen alone is loaded now. Raises ``gr.Error`` when none can be shown."""
     img = None if image is None else read_image(image, ctx.settings)
-    shown, reasons = ready_models(ctx, choice)
     pictures: list[str | None] = []
     notes: list[str] = []
     values: dict[str, dict] = {}
     for key in keys_for(choice, ctx.registry):
-        if key in reasons:
-            values[key] = {"label": ctx.registry.label(key), "available": False, "reason": reasons[key]}
-            notes.append(reasons[key])
+        status = ctx.registry.status(key)
+        reason = ""  # why the model is not shown
+        if choice == BOTH and status.state != READY:
+            why = f": {status.reason}" if status.reason else "; it is shown once ready."
+            reason = f"{status.label} is {status.state}{why}"
+        else:
+            try:
+                loaded = ctx.registry.get(key)
+            except ModelUnavailable as exc:
+                reason = str(exc)
+        if reason:
+            values[key] = {"label": ctx.registry.label(key), "available": False, "reason": reason}
+            notes.append(reason)
             pictures += [None] * 3
             continue
-        paths, text, values[key] = model_outputs(ctx, shown[key], img)
+        paths, text, values[key] = model_outputs(ctx, loaded, img)
         pictures += paths
         notes.append(text)
+    if not any(v["available"] for v in values.values()):
+        raise gr.Error(" ".join(notes))
     pictures += [None] * (6 - len(pictures))
     return (*pictures, "\n\n".join(notes), values)
 
@@ -190,8 +173,7 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
         "your image when you give one.")
     with gr.Row():
         with gr.Column(scale=1):
-            choice = gr.Dropdown(model_choices(ctx.registry), value=BOTH, label="Model",
-                                 allow_custom_value=True)
+            choice = model_dropdown(ctx.registry, BOTH)
             run = gr.Button("Show figures", variant="primary")
         with gr.Column(scale=1):
             image = image_input(ctx.settings, "Image for the distance figure (optional)")
@@ -220,5 +202,3 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
     run.click(inside_figures, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
     for event in (tab.select, choice.change):
         event(inside_figures, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
-    choice.focus(lambda: gr.Dropdown(choices=model_choices(ctx.registry)), outputs=[choice],
-                 api_visibility="private")
