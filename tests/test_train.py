@@ -329,7 +329,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(cifar_train: Split, data_d
     tensors, meta = load_tensors(state)
     assert meta["step"] == 4
 
-    cfg = TrainConfig.from_dict(meta["config"])
+    cfg = TrainConfig(**meta["config"])
     assert (cfg.batch_size, cfg.max_steps, cfg.augment) == (32, 4, True)
     model = tiny_model(seed=cfg.seed)  # as the command builds it
     initial = {k: v.clone() for k, v in model.state_dict().items()}

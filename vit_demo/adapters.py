@@ -6,10 +6,8 @@ it makes of an input, and how its attention probabilities are captured: our ``Vi
 ``return_attention`` path; timm's ``VisionTransformer`` run through its own submodules with the
 softmax attention written out (``timm_forward_with_attention``).
 
-Both keep the patch embedding as ``patch_embed.proj`` and the position embedding as
-``pos_embed``, so the inside figures need nothing kind-specific beyond the grid. Capturing
-attention changes no module and no global state; the model must be in eval mode (checked, not
-changed).
+Capturing attention changes no module and no global state; the model must be in eval mode
+(checked, not changed).
 """
 
 from __future__ import annotations

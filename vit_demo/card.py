@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -188,10 +188,9 @@ def _from_plain(tp: Any, value: Any) -> Any:
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{tp.__name__}: expected an object, got {value!r}")
-        unknown = set(value) - {f.name for f in fields(tp)}
-        if unknown:
+        hints = get_type_hints(tp)  # the dataclass's fields
+        if unknown := set(value) - hints.keys():
             raise ValueError(f"{tp.__name__}: unknown fields {sorted(unknown)}")
-        hints = get_type_hints(tp)
         try:
             return tp(**{k: _from_plain(hints[k], v) for k, v in value.items()})
         except TypeError as exc:
@@ -259,5 +258,4 @@ def load_model_tensors(weights_dir: Path, name: str,
     if card.tensors is None or card.tensors.sha256 != sha256(path):
         raise CheckpointError(f"{path.name} does not match its card {name}.json (sha256 differs): "
                               "the pair was not written together")
-    tensors, _ = load_tensors(path, expected_shapes)
-    return tensors, card
+    return load_tensors(path, expected_shapes)[0], card

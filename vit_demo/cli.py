@@ -7,7 +7,6 @@ import datetime as dt
 import inspect
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from .adapters import ModelKind
 from .card import AccuracyMetrics, Metrics, ModelCard, Origin, Recipe, Training, save_model
 from .checkpoint import default_weights_dir
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
-from .evaluate import model_metrics, save_confusion_png, store_metrics
+from .evaluate import model_metrics, param_count, save_confusion_png, store_metrics
 from .model import PRESETS, ViT, deepen
 from .registry import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
@@ -61,7 +60,7 @@ def _setup_distributed() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def cmd_train(args) -> dict:
+def cmd_train(args) -> None:
     from tqdm import tqdm
 
     device = _setup_distributed()
@@ -86,11 +85,9 @@ def cmd_train(args) -> dict:
     bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
 
     def report(p: Progress) -> None:
-        bar.total = p.total_steps
-        bar.n = p.step
+        bar.total, bar.n = p.total_steps, p.step
         bar.set_postfix(epoch=f"{p.epoch:.2f}", loss=f"{p.loss:.3f}", acc=f"{p.accuracy:.3f}",
-                        img_s=f"{p.images_per_s:.0f}", lr=f"{p.lr:.2e}", refresh=False)
-        bar.refresh()
+                        img_s=f"{p.images_per_s:.0f}", lr=f"{p.lr:.2e}")
         if p.val_accuracy is not None:
             bar.write(f"step {p.step}/{p.total_steps} epoch {p.epoch:.2f}: "
                       f"val accuracy {p.val_accuracy:.4f}")
@@ -100,10 +97,9 @@ def cmd_train(args) -> dict:
     already = trainer.step
     result = trainer.run()
     bar.close()
-    summary = {"step": result.step, "total_steps": result.total_steps, "history": result.history}
     if rank0 and args.name and not result.cancelled and result.step == trainer.end_step:
         test = evaluate(model, load_cifar10("test", args.data_dir), CIFAR10_DATA_CONFIG, device)
-        card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, model.num_params(),
+        card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, param_count(model),
                          model_config=model_cfg, preset=args.preset, origin=origin,
                          recipe=Recipe.of(cfg, len(train), len(val), device),
                          training=Training.of(str(device), result.history, result.wall_s,
@@ -113,31 +109,28 @@ def cmd_train(args) -> dict:
         path = save_model(args.out or default_weights_dir(), args.name,
                           model.state_dict(), card, overwrite=args.overwrite)
         print(f"test accuracy {test['accuracy']:.4f}; wrote {path}")
-        summary["test"] = test
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    return summary
 
 
-def cmd_evaluate(args) -> Metrics:
+def cmd_evaluate(args) -> None:
     """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
     weights_dir = args.weights_dir or default_weights_dir()
     model, _, data_cfg, card = load_checkpoint(weights_dir, args.name)
-    classes = card.classes
     test = load_cifar10("test", args.data_dir)
     full = len(test)
     if args.limit:
         test = test.subset(torch.arange(min(args.limit, full)))
-    metrics = model_metrics(model, test, data_cfg, len(classes))
+    metrics = model_metrics(model, test, data_cfg, len(card.classes))
     result = metrics.test
     subset = "" if len(test) == full else f", the first {len(test)} of {full}"
     print(f"{args.name}: test accuracy {result.accuracy:.4f} ({len(test)} images{subset})")
-    for name, acc in zip(classes, result.per_class_accuracy):
+    for name, acc in zip(card.classes, result.per_class_accuracy):
         print(f"  {name:<12} {acc:.4f}")
     print(f"params {metrics.params:,}; {metrics.flops_per_image / 1e6:.1f} MFLOPs per image; "
           f"CPU latency {metrics.cpu_latency_ms:.2f} ms per image "
           f"(median, {metrics.cpu_threads} torch threads)")
-    png = save_confusion_png(result.confusion, classes,
+    png = save_confusion_png(result.confusion, card.classes,
                              args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png",
                              title=f"{args.name}: accuracy {result.accuracy:.2%} "
                                    f"on {len(test)} test images")
@@ -145,18 +138,16 @@ def cmd_evaluate(args) -> Metrics:
     if args.update_card:
         store_metrics(weights_dir, card, metrics)
         print(f"stored the metrics in {Path(weights_dir) / args.name}.json")
-    return metrics
 
 
-def cmd_inside(args) -> dict:
-    """Write the three figures of checkpoint ``args.name`` as PNGs; print and return the numbers."""
-    from .data import preprocess_batch
-    from .inside_plots import distance_figure, weight_figures
+def cmd_inside(args) -> None:
+    """Write the three figures of checkpoint ``args.name`` as PNGs; print the numbers."""
+    from .inside_plots import cifar_distance_figure, weight_figures
 
     model, kind, data_cfg, _ = load_checkpoint(args.weights_dir or default_weights_dir(), args.name)
-    x = preprocess_batch(load_cifar10("test", args.data_dir).x[:args.images], data_cfg)
     weights = weight_figures(model, kind, args.name)
-    distance = distance_figure(model, kind, x, f"{len(x)} CIFAR-10 test images", args.name)
+    distance = cifar_distance_figure(model, kind, data_cfg,
+                                     load_cifar10("test", args.data_dir).x[:args.images], args.name)
     args.out.mkdir(parents=True, exist_ok=True)
     for figure, png in [("filters", weights.filters_png), ("positions", weights.positions_png),
                         ("distance", distance.png)]:
@@ -168,7 +159,6 @@ def cmd_inside(args) -> dict:
     for layer, heads in enumerate(numbers["attention_distance"]["mean_attention_distance_px"], 1):
         print(f"layer {layer}: mean attention distance per head (px) {heads}")
     print(f"uniform attention: {distance.uniform:.3f} px")
-    return numbers
 
 
 def _checkpoint_command(sub, name: str, summary: str, run: Callable) -> argparse.ArgumentParser:
@@ -232,9 +222,4 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):  # train's and evaluate's --threads
         torch.set_num_threads(args.threads)
-    status = args.run(args)  # deploy's is its exit status; the others return what they computed
-    return status if args.command == "deploy" else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return args.run(args) or 0  # deploy's exit status; the other commands return None

@@ -18,8 +18,8 @@ class ModelFigures:
     note: str  # why figures are missing, or where they come from
     accuracy: float | None = None  # CIFAR-10 test top-1
     test_images: int | None = None
-    per_class: list[float] | None = None
-    confusion: list[list[int]] | None = None
+    per_class: tuple[float, ...] | None = None
+    confusion: tuple[tuple[int, ...], ...] | None = None  # rows: true class, columns: predicted
     params: int | None = None
     flops: int | None = None  # per image, one forward pass
     cpu_latency_ms: float | None = None
@@ -46,6 +46,5 @@ def figures(registry: Registry, key: str) -> ModelFigures:
                             f"`python -m vit_demo evaluate --name {name} --update-card`")
     return ModelFigures(
         key, label, True, f"measured {metrics.date or card.date or '?'}, card {name}.json",
-        test.accuracy, test.images, list(test.per_class_accuracy),
-        [list(row) for row in test.confusion], metrics.params or card.params,
-        metrics.flops_per_image, metrics.cpu_latency_ms)
+        test.accuracy, test.images, test.per_class_accuracy, test.confusion,
+        metrics.params or card.params, metrics.flops_per_image, metrics.cpu_latency_ms)

@@ -77,9 +77,8 @@ def position_similarity(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
 
 def patch_distances(grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
     """Euclidean distance in pixels between the centres of every two patches: (N, N), row by row."""
-    rows, cols = grid
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    centres = torch.stack([r.flatten() * patch[0], c.flatten() * patch[1]], dim=-1).double()  # (N, 2)
+    cells = torch.cartesian_prod(torch.arange(grid[0]), torch.arange(grid[1]))  # (N, 2): row, col
+    centres = (cells * torch.tensor(patch)).double()  # (N, 2)
     return torch.cdist(centres, centres)  # (N, N)
 
 
@@ -128,8 +127,7 @@ def similarity_by_grid_distance(similarity: torch.Tensor) -> dict[str, float | N
     over all pairs (near -1: the nearer, the more alike). None where a grid has no such pair."""
     rows, cols = similarity.shape[:2]
     sim = similarity.double().reshape(rows * cols, rows * cols)
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    r, c = r.flatten(), c.flatten()
+    r, c = torch.cartesian_prod(torch.arange(rows), torch.arange(cols)).T  # each (N,), row by row
     dr, dc = (r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs()
     distinct = (dr + dc) > 0
     neighbour = (dr + dc) == 1

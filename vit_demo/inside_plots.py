@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 
 from .adapters import ModelKind, adapter_for
+from .data import DataConfig, preprocess_batch
 from .inside import (FilterComponents, attention_distance_over, filter_components,
                      patch_embedding_weight, patch_position_embedding, patch_size,
                      position_similarity, similarity_by_grid_distance, uniform_attention_distance)
 
 FILTER_COLUMNS = 7  # the paper's figure: 28 filters in 4 rows of 7
-DPI = 100
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,17 @@ def _rounded(values: torch.Tensor, digits: int = 4) -> list:
     return np.round(values.double().numpy(), digits).tolist()
 
 
-def _figure(width: float, height: float):
+def agg_figure(width: float, height: float):
     """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its one axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -98,13 +98,12 @@ def filters_png(components: FilterComponents, title: str) -> bytes:
         tiles = np.repeat(tiles, 3, axis=-1)
     gap = max(1, tiles.shape[1] // 8)
     image = np.nan_to_num(mosaic(tiles, FILTER_COLUMNS, gap), nan=1.0)  # white gaps
-    fig, ax = _figure(6.4, 4.4)
+    fig, ax = agg_figure(6.4, 4.4)
     ax.imshow(image, interpolation="nearest")
     ax.set_axis_off()
-    top = float(components.explained.sum())
     ax.set_title(f"{title}\nRGB embedding filters: first {len(tiles)} principal components "
-                 f"({top:.0%} of the variance)", fontsize=10)
-    return _png(fig)
+                 f"({float(components.explained.sum()):.0%} of the variance)", fontsize=10)
+    return png_bytes(fig)
 
 
 def positions_png(similarity: torch.Tensor, title: str) -> bytes:
@@ -114,7 +113,7 @@ def positions_png(similarity: torch.Tensor, title: str) -> bytes:
     tiles = similarity.double().numpy().reshape(rows * cols, rows, cols)
     gap = max(1, rows // 7)
     image = mosaic(tiles, cols, gap)
-    fig, ax = _figure(6.4, 5.6)
+    fig, ax = agg_figure(6.4, 5.6)
     shown = ax.imshow(image, cmap="viridis", vmin=-1.0, vmax=1.0, interpolation="nearest")
     step = max(1, cols // 7)
     ax.set_xticks([(c + 0.5) * (cols + gap) - gap / 2 - 0.5 for c in range(0, cols, step)],
@@ -127,13 +126,13 @@ def positions_png(similarity: torch.Tensor, title: str) -> bytes:
     ax.spines[:].set_visible(False)
     ax.set_title(f"{title}\nPosition-embedding similarity", fontsize=10)
     fig.colorbar(shown, ax=ax, label="cosine similarity", shrink=0.8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def distance_png(distance: torch.Tensor, uniform: float, title: str, source: str) -> bytes:
     """Heads against depth: one dot per head at its mean attention distance."""
     layers, heads = distance.shape
-    fig, ax = _figure(6.4, 4.4)
+    fig, ax = agg_figure(6.4, 4.4)
     depth = np.repeat(np.arange(1, layers + 1), heads)
     ax.scatter(depth, distance.double().numpy().reshape(-1), s=22, alpha=0.75,
                label=f"one dot per head ({heads} per layer)")
@@ -145,7 +144,7 @@ def distance_png(distance: torch.Tensor, uniform: float, title: str, source: str
     ax.set_ylim(0, 1.1 * max(uniform, float(distance.max())))
     ax.legend(loc="best", fontsize=8)
     ax.set_title(f"{title}\nMean attention distance over {source}", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def weight_figures(model: nn.Module, kind: ModelKind | str, title: str) -> WeightFigures:
@@ -164,3 +163,10 @@ def distance_figure(model: nn.Module, kind: ModelKind | str, x: torch.Tensor, so
     distance = attention_distance_over(model, kind, x)
     uniform = uniform_attention_distance(adapter_for(kind).embedding_grid(model), patch_size(model))
     return DistanceFigure(distance, uniform, len(x), source, distance_png(distance, uniform, title, source))
+
+
+def cifar_distance_figure(model: nn.Module, kind: ModelKind | str, data_cfg: DataConfig,
+                          images: torch.Tensor, title: str) -> DistanceFigure:
+    """``distance_figure`` over CIFAR-10 test images, uint8 (B, H, W, C)."""
+    return distance_figure(model, kind, preprocess_batch(images, data_cfg),
+                           f"{len(images)} CIFAR-10 test images", title)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ VITB16 = "vit-b16"  # registry key of the ViT-B/16 (shipped checkpoint, else the
 BOTH = "both"  # the pages' choice "scratch and ViT-B/16 side by side"
 RESERVED_KEYS = (SCRATCH, VITB16, BOTH)  # never a fine-tuned model's key
 SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
+NO_SCRATCH = (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in weights/; train "
+              f"it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` (see the README)")
 VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
@@ -71,7 +74,6 @@ class ModelStatus:
 
 
 def load_checkpoint(weights_dir: Path, name: str) -> tuple[nn.Module, ModelKind, DataConfig, ModelCard]:
-    """Model, kind, data config and card of checkpoint ``name`` in ``weights_dir``."""
     card = read_card(weights_dir, name)
     model = adapter_for(card.kind).build(card)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -140,10 +142,8 @@ class Registry:
 
     def status(self, key: str) -> ModelStatus:
         folder, name = self.source(key)
-        with self._lock:
-            loaded = self._loaded.get(key)
-            error = self._errors.get(key)
-            loading = key in self._loading
+        with self._lock:  # one snapshot
+            loaded, error, loading = self._loaded.get(key), self._errors.get(key), key in self._loading
         state, reason = NOT_LOADED, ""
         if loaded is not None:
             state = READY
@@ -152,11 +152,8 @@ class Registry:
         elif loading:
             state = LOADING
         elif folder is not None and not (folder / f"{name}.json").is_file():
-            state, reason = UNAVAILABLE, f"no checkpoint {key!r} among the fine-tuned models"
-            if key == SCRATCH:
-                reason = (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in "
-                          f"weights/; train it with `python -m vit_demo train --name "
-                          f"{SCRATCH_CHECKPOINT}` (see the README)")
+            state, reason = UNAVAILABLE, (NO_SCRATCH if key == SCRATCH else
+                                          f"no checkpoint {key!r} among the fine-tuned models")
         kind = loaded.kind if loaded is not None else self.kind(key)
         return ModelStatus(key, self.label(key), kind, state, reason, self.describe_source(key))
 
@@ -196,10 +193,8 @@ class Registry:
     def load_in_background(self, key: str) -> threading.Thread:
         """Start loading ``key`` in a daemon thread; its status says how it went."""
         def run():
-            try:
+            with suppress(ModelUnavailable):  # recorded in the status
                 self.get(key)
-            except ModelUnavailable:
-                pass  # recorded in the status
 
         thread = threading.Thread(target=run, name=f"load-{key}", daemon=True)
         thread.start()

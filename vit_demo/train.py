@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, get_args
 
@@ -58,11 +60,6 @@ class TrainConfig:
         if self.crop not in get_args(Crop):
             raise ValueError(f"unknown crop {self.crop!r}: use one of {', '.join(get_args(Crop))}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
     def describe(self) -> dict[str, str]:
         """The augmentation, optimizer and schedule of this config in words (for a card)."""
         crop = (f"random-resized crop (area {self.crop_scale:g}-1)" if self.crop == "resized"
@@ -79,8 +76,8 @@ class Progress:
     step: int  # optimizer steps done
     total_steps: int
     epoch: float  # fractional epochs done
-    loss: float  # mean training loss since the last report
-    accuracy: float  # training accuracy since the last report
+    loss: float  # training loss of this step's batch (rank 0's share)
+    accuracy: float  # training accuracy of this step's batch (rank 0's share)
     images_per_s: float
     eta_s: float
     lr: float
@@ -112,24 +109,32 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2 ** 63)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def confusion_matrix(model: nn.Module, data: Split, data_cfg: DataConfig, device: torch.device,
                      batch_size: int = 500, num_classes: int = 10,
                      cancel: threading.Event | None = None) -> torch.Tensor:
     """(classes, classes) counts, rows true and columns predicted; a set ``cancel`` ends it
     after the current batch (the counts then cover the batches done)."""
-    was_training = model.training
-    model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, len(data), batch_size):
         if cancel is not None and cancel.is_set():
             break
         x = preprocess_batch(data.x[i:i + batch_size].to(device), data_cfg)
-        with _autocast(device):
+        with eval_mode(model), _autocast(device):
             pred = model(x).argmax(dim=-1).cpu()
         confusion += torch.bincount(data.y[i:i + batch_size] * num_classes + pred,
                                     minlength=num_classes ** 2).view(num_classes, num_classes)
-    model.train(was_training)
     return confusion
 
 
@@ -222,9 +227,8 @@ class Trainer:
         for i, state in self.optimizer.state_dict()["state"].items():
             for k, v in state.items():
                 tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        meta = {"step": self.step, "total_steps": self.total_steps, "history": self.history,
-                "config": asdict(self.cfg)}
-        save_tensors(self.state_path, tensors, meta)
+        save_tensors(self.state_path, tensors, {"step": self.step, "total_steps": self.total_steps,
+                                                "history": self.history, "config": asdict(self.cfg)})
 
     def _load_state(self) -> None:
         tensors, meta = load_tensors(self.state_path)
@@ -267,8 +271,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         self.net.train()
-        start, window_start = time.perf_counter(), time.perf_counter()
-        loss_sum = correct = seen = 0.0  # since the last progress report
+        start = step_start = time.perf_counter()
         period_loss = period_seen = 0.0  # since the last validation
         first_step, cancelled = self.step, False
         while self.step < self.end_step and not (cancelled := self.cancel.is_set()):
@@ -289,11 +292,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
-            batch_loss = loss.item() * len(y)
-            loss_sum += batch_loss
-            correct += (logits.argmax(-1) == y).sum().item()
-            seen += len(y)
-            period_loss += batch_loss
+            period_loss += loss.item() * len(y)
             period_seen += len(y)
             val_acc = None
             epochs, within = divmod(self.step, self.steps_per_epoch)
@@ -304,19 +303,18 @@ class Trainer:
                 if self.cancel.is_set():
                     cancelled = True
                     break
-                self.net.train()
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                      "val_accuracy": val_acc, "train_loss": period_loss / period_seen})
                 period_loss = period_seen = 0.0
             if self.step % cfg.checkpoint_every == 0 or at_end:
                 self.save_state()
-            if self.callback and self.rank == 0:
+            if self.callback and self.rank == 0:  # this step's figures
                 now = time.perf_counter()
-                rate = seen * self.world / max(now - window_start, 1e-9)
+                rate = len(y) * self.world / max(now - step_start, 1e-9)
                 per_step = (now - start) / (self.step - first_step)
                 self.callback(Progress(self.step, self.end_step, self.step / self.steps_per_epoch,
-                                       loss_sum / seen, correct / seen, rate,
-                                       per_step * (self.end_step - self.step), lr, val_acc))
-                window_start, loss_sum, correct, seen = now, 0.0, 0.0, 0.0
+                                       loss.item(), (logits.argmax(-1) == y).sum().item() / len(y),
+                                       rate, per_step * (self.end_step - self.step), lr, val_acc))
+                step_start = now
         return TrainResult(self.step, self.end_step, cancelled, time.perf_counter() - start,
                            list(self.history))

@@ -16,10 +16,11 @@ import gradio as gr
 import torch.nn as nn
 from PIL import Image
 
-from ..data import DataUnavailable, Split, load_cifar10, preprocess_batch
+from ..data import DataUnavailable, Split, load_cifar10
 from ..inference import preprocess
 from ..inside import patch_size
-from ..inside_plots import DistanceFigure, WeightFigures, distance_figure, weight_figures
+from ..inside_plots import (DistanceFigure, WeightFigures, cifar_distance_figure, distance_figure,
+                            weight_figures)
 from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
 from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown, read_image
 
@@ -75,16 +76,11 @@ def png_file(data: bytes) -> str:
     return str(path)
 
 
-def cifar_distance_figure(ctx: AppContext, loaded: LoadedModel) -> DistanceFigure:
+def cifar_distances(ctx: AppContext, loaded: LoadedModel) -> DistanceFigure:
     """Mean attention distance over the first CIFAR-10 test images, cached per model."""
     n = DISTANCE_IMAGES[loaded.kind]
-
-    def compute() -> DistanceFigure:
-        x = preprocess_batch(cifar_test(ctx.data_dir).x[:n], loaded.data_cfg)  # (n, C, H, W)
-        return distance_figure(loaded.model, loaded.kind, x, f"{len(x)} CIFAR-10 test images",
-                               loaded.label)
-
-    return cached(loaded.model, f"distance-cifar10-{n}", compute)
+    return cached(loaded.model, f"distance-cifar10-{n}", lambda: cifar_distance_figure(
+        loaded.model, loaded.kind, loaded.data_cfg, cifar_test(ctx.data_dir).x[:n], loaded.label))
 
 
 def note(loaded: LoadedModel, weights: WeightFigures, distance: DistanceFigure | None,
@@ -109,17 +105,15 @@ def model_outputs(ctx: AppContext, loaded: LoadedModel, img: Image.Image | None
     """([filters, positions, distance] PNG paths, note, JSON entry) for one model."""
     weights = cached(loaded.model, "weights",  # the filters and position similarity
                      lambda: weight_figures(loaded.model, loaded.kind, loaded.label))
-    no_distance = ""
+    distance, no_distance = None, ""
     try:
-        distance = (cifar_distance_figure(ctx, loaded) if img is None else distance_figure(
+        distance = (cifar_distances(ctx, loaded) if img is None else distance_figure(
             loaded.model, loaded.kind, preprocess(img, loaded.data_cfg), "your image", loaded.label))
     except DataUnavailable as exc:
-        distance = None
         no_distance = f"No distance figure without an image: {exc}"
     entry = {"label": loaded.label, "available": True, "kind": loaded.kind,
              "input_size": list(loaded.data_cfg.input_size[1:]),
-             "patch_size": list(patch_size(loaded.model)),
-             **weights.to_json(),
+             "patch_size": list(patch_size(loaded.model)), **weights.to_json(),
              "attention_distance": (distance.to_json() if distance is not None
                                     else {"available": False, "reason": no_distance})}
     paths = [png_file(weights.filters_png), png_file(weights.positions_png),
@@ -146,15 +140,12 @@ def inside(ctx: AppContext, choice: str, image: str | None) -> tuple:
             reason = f"{status.label} is {status.state}{why}"
         else:
             try:
-                loaded = ctx.registry.get(key)
+                paths, text, values[key] = model_outputs(ctx, ctx.registry.get(key), img)
             except ModelUnavailable as exc:
                 reason = str(exc)
         if reason:
+            paths, text = [None] * 3, reason
             values[key] = {"label": ctx.registry.label(key), "available": False, "reason": reason}
-            notes.append(reason)
-            pictures += [None] * 3
-            continue
-        paths, text, values[key] = model_outputs(ctx, loaded, img)
         pictures += paths
         notes.append(text)
     if not any(v["available"] for v in values.values()):
