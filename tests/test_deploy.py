@@ -13,8 +13,8 @@ import yaml
 
 from vit_demo import deploy
 from vit_demo.cli import main
-from vit_demo.finetune.job import DEFAULT_BASE_TIMM
-from vit_demo.hub import FINETUNE_BASE, VITB16_HUB_REPO, preload_from_hub
+from vit_demo.finetune.job import BASE_ENV, base_timm_name
+from vit_demo.hub import FINETUNE_BASE, HUB_FILES, VITB16_HUB_REPO
 from vit_demo.registry import DEFAULT_VITB16_HUB
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def test_binaries_are_marked_for_lfs(path):
                                 f"{path}: text: unset"]
 
 
-def test_readme_front_matter_configures_a_zerogpu_space():
+def test_readme_front_matter_configures_a_zerogpu_space(monkeypatch):
     text = (REPO / "README.md").read_text(encoding="utf-8")
     front = yaml.safe_load(text.split("---\n")[1])
     pins = dict(re.findall(r"^([\w-]+)(?:\[[\w,-]+\])?==(\S+)$", (REPO / "requirements.txt").read_text(), re.M))
@@ -180,10 +180,13 @@ def test_readme_front_matter_configures_a_zerogpu_space():
     # Every hub file the app reads is cached at build time: the ViT-B/16 checkpoint (timm reads
     # its config.json, then pytorch_model.bin, the weights file the repository has) and the
     # fine-tune base (timm reads model.safetensors of its timm/ repository).
-    assert front["preload_from_hub"] == preload_from_hub() == [
+    # HUB_FILES as Spaces' ``preload_from_hub`` entries: "owner/name file1,file2"
+    preload = [f"{repo} {','.join(files)}" for repo, files in HUB_FILES.items()]
+    assert front["preload_from_hub"] == preload == [
         f"{VITB16_HUB_REPO} config.json,pytorch_model.bin",
         f"timm/{FINETUNE_BASE} model.safetensors"]
     assert front["models"] == [VITB16_HUB_REPO, f"timm/{FINETUNE_BASE}"]
     # ... and they are the models the app loads by default.
-    assert DEFAULT_VITB16_HUB == f"hf-hub:{VITB16_HUB_REPO}" and DEFAULT_BASE_TIMM == FINETUNE_BASE
+    monkeypatch.delenv(BASE_ENV, raising=False)
+    assert DEFAULT_VITB16_HUB == f"hf-hub:{VITB16_HUB_REPO}" and base_timm_name() == FINETUNE_BASE
     assert "datasets" not in front  # the app reads no hub dataset

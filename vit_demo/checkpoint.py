@@ -96,10 +96,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def list_models(weights_dir: Path) -> list[str]:
-    """Names of complete checkpoints (both files present) in the weights folder."""
+    """Names of complete checkpoints (both files present) in the weights folder, if it exists."""
     root = Path(weights_dir)
-    if not root.is_dir():
-        return []
     return sorted(p.stem for p in root.glob("*.json")
                   if NAME_RE.match(p.stem) and (root / f"{p.stem}.safetensors").is_file())
 

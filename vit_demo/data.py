@@ -19,10 +19,6 @@ import torch.nn.functional as F
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 DATA_DIR_ENV = "VIT_DEMO_DATA_DIR"
-# Training-set channel statistics of CIFAR-10 (a property of the data set, checked in the
-# shared data README); the scratch model's card records them as its data config.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 VAL_SIZE = 5000  # held out of the 50k training images, fixed by SPLIT_SEED
 SPLIT_SEED = 0
 
@@ -235,7 +231,9 @@ class DataConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-CIFAR10_DATA_CONFIG = DataConfig((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD)
+# Mean and std: the training-set channel statistics of CIFAR-10 (a property of the data set,
+# checked in the shared data README); the scratch model's card records them as its data config.
+CIFAR10_DATA_CONFIG = DataConfig((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 def resized_crop(size: tuple[int, int], input_size: tuple[int, int], crop_pct: float = 1.0

@@ -31,20 +31,16 @@ class DeployError(RuntimeError):
     """The Space cannot be published; the message says why."""
 
 
-def tracked_files(root: Path) -> list[str]:
-    """The files git tracks under ``root`` that exist in the working tree (POSIX paths)."""
+def space_files(root: Path = REPO_ROOT) -> list[str]:
+    """Every file the Space needs, sorted; raises ``DeployError`` if an essential one is missing."""
     try:
         run = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True,
                              check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise DeployError(f"{root} is not a git checkout (or git is missing): deploy uploads the "
                           "files git tracks, so run it in a clone of the repository") from exc
-    return [p for p in run.stdout.decode().split("\0") if p and (root / p).is_file()]
-
-
-def space_files(root: Path = REPO_ROOT) -> list[str]:
-    """Every file the Space needs, sorted; raises ``DeployError`` if an essential one is missing."""
-    tracked = tracked_files(root)
+    # the files git tracks that exist in the working tree (POSIX paths)
+    tracked = [p for p in run.stdout.decode().split("\0") if p and (root / p).is_file()]
     readme = root / "README.md"
     markdown = readme.read_text(encoding="utf-8") if readme.is_file() else ""
     # the images ``![...](path)`` the README shows from this repository
@@ -56,19 +52,6 @@ def space_files(root: Path = REPO_ROOT) -> list[str]:
     if missing:
         raise DeployError(f"not tracked by git in {root}: {', '.join(missing)}")
     return files
-
-
-def upload(repo_id: str, root: Path, files: list[str]) -> str:
-    """Create the Gradio Space ``repo_id`` if needed and make it hold exactly ``files``;
-    returns the commit's URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(root),
-                             allow_patterns=files, delete_patterns="*",
-                             commit_message="Deploy vit-demo (python -m vit_demo deploy)")
-    return info.commit_url
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,13 +77,19 @@ def cmd_deploy(args: argparse.Namespace, root: Path = REPO_ROOT) -> int:
     if args.dry_run:
         print(f"dry run: nothing uploaded; without --dry-run these become {url}")
         return 0
-    try:
-        commit = upload(args.space, root, files)
+    from huggingface_hub import HfApi
+
+    try:  # create the Gradio Space if needed and make it hold exactly ``files``
+        api = HfApi()
+        api.create_repo(args.space, repo_type="space", space_sdk="gradio", exist_ok=True)
+        info = api.upload_folder(repo_id=args.space, repo_type="space", folder_path=str(root),
+                                 allow_patterns=files, delete_patterns="*",
+                                 commit_message="Deploy vit-demo (python -m vit_demo deploy)")
     except OSError as exc:  # huggingface_hub's HTTP and missing-token errors, the network
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"deploy: could not publish {url}: {detail}. Log in with `hf auth login` (a token "
               "with write access) or set HF_TOKEN, and check that OWNER is you or your "
               "organisation.")
         return 1
-    print(f"uploaded: {commit}\nthe Space builds at {url}")
+    print(f"uploaded: {info.commit_url}\nthe Space builds at {url}")
     return 0

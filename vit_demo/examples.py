@@ -54,8 +54,7 @@ class ExampleGallery:
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i in class_balanced_indices(test.y, self.per_class).tolist():
-            label = CLASSES[int(test.y[i])]
-            path = self.folder / f"cifar10-test-{i:05d}-{label}.png"
+            path = self.folder / f"cifar10-test-{i:05d}-{CLASSES[int(test.y[i])]}.png"
             Image.fromarray(test.x[i].numpy()).save(path)  # the exact 32x32 pixels of the test set
             paths.append(path)
         self._set(READY, paths, "")

@@ -9,9 +9,8 @@ loaded into timm's architecture: the ``timm/``-stripped name when timm knows it,
 ``vit_base_patch16_224`` (tag ``orig_in21k_ft_in1k``, the checkpoint's base), with as many
 classes as the weights' head has. ``model.safetensors`` is preferred; ``pytorch_model.bin`` is
 read with ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
-
-The data config is what ``config.json`` states, completed from that timm tag's (for ViT-B/16:
-224 px, mean and std 0.5, crop 0.9, bicubic).
+The data config is what ``config.json`` states, completed from that tag's (for ViT-B/16: 224 px,
+mean and std 0.5, crop 0.9, bicubic).
 
 Files come through huggingface_hub's cache (``HF_HOME``), so ``HF_HUB_OFFLINE=1`` and Spaces'
 ``preload_from_hub`` (``HUB_FILES``) work as for timm. Failures raise ``HubUnavailable`` with a
@@ -46,11 +45,6 @@ HUB_FILES: dict[str, tuple[str, ...]] = {
 
 class HubUnavailable(RuntimeError):
     """The hub model cannot be loaded; the message says why and how to get it."""
-
-
-def preload_from_hub() -> list[str]:
-    """``HUB_FILES`` as Spaces' ``preload_from_hub`` entries: ``"owner/name file1,file2"``."""
-    return [f"{repo} {','.join(files)}" for repo, files in HUB_FILES.items()]
 
 
 def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:

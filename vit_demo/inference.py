@@ -90,17 +90,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB")
 
 
 # timm's eval transform (``timm.data.create_transform``) gives the same pixels (largest difference
-# 0.0; tests/test_classify.py checks it) but is not faster, and would import timm and torchvision
-# on the scratch model's path, which never needs them. Median ms per image, ours / timm, 1 torch
-# thread on the 2-core development machine (`python benchmarks/bench_preprocess.py --runs 60`),
-# photos of 32 / 224 / 512 / 1024 px: to the scratch ViT's 32 px 0.09/0.14, 0.61/0.74,
-# 11.8/12.0, 31.4/35.2; to ViT-B/16's 224 px 6.5/2.4, 10.4/9.1, 17.1/21.5, 46.1/46.2.
+# 0.0; tests/test_classify.py checks it), is not faster, and would import timm and torchvision on
+# the scratch model's path, which never needs them. Ours / timm, ratios of median times measured
+# in one process on a shared 2-core CPU (two runs of `nice -n 19 env OMP_NUM_THREADS=1 python
+# benchmarks/bench_preprocess.py --runs 20`): photos of 32 / 224 px to the scratch ViT's 32 px
+# 0.55-0.74 / 0.79-0.96, of 32 px to ViT-B/16's 224 px 0.89 or less; the larger cases, slowed
+# 10-25 fold by the other load, scatter from 0.8 to 1.4 either way.
 def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
     """RGB image to the model's (1, C, H, W) input: resized and centre-cropped
     (``data.resized_crop``), then normalised (``data.preprocess_batch``), as timm's eval

@@ -35,7 +35,6 @@ from .request import FinetuneRequest
 from .zerogpu import gpu_wrapped
 
 BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
-DEFAULT_BASE_TIMM = FINETUNE_BASE
 
 
 class JobError(ValueError):
@@ -44,7 +43,7 @@ class JobError(ValueError):
 
 def base_timm_name() -> str:
     """The timm model fine-tuned for the ``vit-b16`` base (``$VIT_DEMO_FINETUNE_BASE``)."""
-    return os.environ.get(BASE_ENV) or DEFAULT_BASE_TIMM
+    return os.environ.get(BASE_ENV) or FINETUNE_BASE
 
 
 @dataclass

@@ -11,6 +11,7 @@ weights are saved keeps the model, without (or with a partial) test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -237,15 +238,16 @@ class JobRunner:
         over_budget = threading.Timer(self.settings.max_job_s, self._over_budget, (job_id,))
         over_budget.daemon = True
         over_budget.start()
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            self.store.folder.mkdir(parents=True, exist_ok=True)
+        try:  # the folders are made by the first write into them
             job = prepare(request, self.registry, self.data_dir)
             if cancel.is_set():
                 return self._end(CANCELLED, "stopped before training; nothing was written")
             saved, test = self._run(job, state_path, name, cancel)
             if saved is None:
-                self._keep_resume_state(state_path)
+                if state_path.exists():  # keep it for a resume; delete the oldest beyond the cap
+                    for old in keep_newest(self._states_written, state_path,
+                                           self.settings.keep_finetuned):
+                        old.unlink(missing_ok=True)
                 every = request.train_config().checkpoint_every
                 last = self._state.step // every * every  # the last resume state's step
                 return self._end(CANCELLED, f"{self._stop_reason} at step {self._state.step}; "
@@ -272,13 +274,6 @@ class JobRunner:
     def _end(self, status: str, line: str, **changes: Any) -> None:
         self._update(line, status=status, finished=time.time(), **changes)
 
-    def _keep_resume_state(self, path: Path) -> None:
-        """Keep ``path`` for a resume; beyond the cap, delete the oldest resume state we wrote."""
-        if not path.exists():
-            return
-        for old in keep_newest(self._states_written, path, self.settings.keep_finetuned):
-            old.unlink(missing_ok=True)
-
     def _run(self, job, state_path: Path, name: str, cancel: threading.Event
              ) -> tuple[ModelCard | None, dict | None]:
         """Iterate the job body: (the untested card of the saved weights, the test metrics);
@@ -287,7 +282,7 @@ class JobRunner:
         events = run_train_job(job, str(state_path), str(self.store.tensors_path(name)),
                                None if on_zero_gpu() else cancel, gpu_s=gpu_s)
         saved = test = None
-        try:
+        with contextlib.closing(events):
             for kind, value in events:
                 if kind == "error":
                     raise JobError(value)
@@ -298,8 +293,6 @@ class JobRunner:
                     test = value["test"]
                 if cancel.is_set():
                     break
-        finally:
-            events.close()
         if saved is None and not cancel.is_set():
             raise JobError("the job ended without a result")
         return saved, test
@@ -338,11 +331,10 @@ class JobRunner:
             s.images_per_s = rate if s.images_per_s is None else 0.8 * s.images_per_s + 0.2 * rate
             s.step, s.total_steps, s.epoch, s.eta_s = p["step"], p["total_steps"], p["epoch"], p["eta_s"]
             s.history.append(row)
-            tenth = max(1, p["total_steps"] // 10)
             if p["val_accuracy"] is not None:
                 self._update(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
                              f"validation accuracy {p['val_accuracy']:.4f}")
-            elif p["step"] % tenth == 0 or p["step"] == 1:
+            elif p["step"] % max(1, p["total_steps"] // 10) == 0 or p["step"] == 1:  # every tenth
                 self._update(f"step {p['step']}/{p['total_steps']}: loss {p['loss']:.4f}, "
                              f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
             else:
