@@ -14,7 +14,7 @@ import pytest
 from vit_demo.finetune import runner as runner_module
 from vit_demo.finetune.job import run_train_job, train_job
 from vit_demo.finetune.request import FinetuneRequest, InvalidRequest
-from vit_demo.finetune.zerogpu import gpu_seconds
+from vit_demo.finetune.policy import gpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 

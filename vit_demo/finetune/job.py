@@ -30,9 +30,8 @@ from ..evaluate import param_count
 from ..hub import FINETUNE_BASE
 from ..registry import VITB16, ModelKind, Registry, load_checkpoint
 from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix, evaluate
-from .policy import eval_batch_size, training_device
+from .policy import eval_batch_size, gpu_wrapped, training_device
 from .request import FinetuneRequest
-from .zerogpu import gpu_wrapped
 
 BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
 
@@ -143,7 +142,7 @@ def _stepwise(trainer: Trainer) -> Iterator[tuple[str, dict]]:
 def train_job(job: Prepared, state_path: str, tensors_path: str,
               cancel: threading.Event | None = None, gpu_s: int = 0) -> Iterator[tuple[str, Any]]:
     """Train ``job``, write its weights to ``tensors_path``, test them; see the module docstring.
-    ``gpu_s``: the GPU window to ask ZeroGPU for (read by ``zerogpu.gpu_wrapped``)."""
+    ``gpu_s``: the GPU window to ask ZeroGPU for (read by ``policy.gpu_wrapped``)."""
     cancel = cancel or threading.Event()
     try:
         device = torch.device(training_device())

@@ -28,10 +28,9 @@ from ..data import CLASSES
 from ..registry import VITB16, ModelKind, Registry
 from ..settings import Settings
 from .job import JobError, base_timm_name, prepare, run_train_job
-from .policy import device_warning, estimate_s, training_device
+from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
 from .request import FinetuneRequest, InvalidRequest
 from .store import FinetuneStore, keep_newest
-from .zerogpu import gpu_seconds, on_zero_gpu
 
 MAX_LOG_LINES = 200
 IDLE, STARTING, RUNNING, STOPPING, SAVING, TESTING, DONE, CANCELLED, FAILED = (
