@@ -192,6 +192,15 @@ def _rollout(client: Client, path: str, **settings):
     return client.predict(handle_file(path), *args.values(), api_name="/rollout")
 
 
+def _handler_args(**settings) -> tuple:
+    """(model choice, typed settings): what the tab's handler ``rollout`` takes after the image,
+    from ``DEFAULTS`` with ``settings`` changed."""
+    from vit_demo.ui.attention import MapSettings
+
+    form = {**DEFAULTS, **settings}
+    return form.pop("choice"), MapSettings(**form)
+
+
 def _explain_kwargs(settings: dict) -> dict:
     args = {**DEFAULTS, **settings}
     target = None if args["target_class"] == "predicted" else CLASSES.index(args["target_class"])
@@ -311,14 +320,18 @@ def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
     one wrapper (``user_errors``) shows it as a gr.Error."""
     import gradio as gr
 
-    from vit_demo.ui.attention import rollout as raw_rollout
+    from vit_demo.ui.attention import rollout
     from vit_demo.ui.common import user_errors
 
-    rollout = user_errors()(raw_rollout)
     _, ctx = app
+
+    def raw_click(image, **settings):  # as the page's click: the form's values typed, then maps
+        return rollout(ctx, image, *_handler_args(**settings))
+
+    click = user_errors()(raw_click)
     path = _save_png(tmp_path, cifar_test.x[15].numpy())
     with pytest.raises(ValueError, match="Discard ratio must be at least 0 and below 1"):
-        raw_rollout(ctx, path, *{**DEFAULTS, "discard_ratio": 1.0}.values())
+        raw_click(path, discard_ratio=1.0)
     for settings, message in [({"discard_ratio": 1.0}, "Discard ratio must be at least 0 and below 1"),
                               ({"opacity": -0.1}, "Opacity must be between 0 and 1"),
                               ({"view": "x-ray"}, "Unknown view 'x-ray'"),
@@ -329,9 +342,9 @@ def test_handler_refuses_bad_settings_with_a_reason(app, cifar_test, tmp_path):
                               ({"head_fusion": "median"}, "Unknown head fusion 'median'"),
                               ({"target_class": "unicorn"}, "Unknown target class 'unicorn'")]:
         with pytest.raises(gr.Error, match=message):
-            rollout(ctx, path, *{**DEFAULTS, **settings}.values())
+            click(path, **settings)
     with pytest.raises(gr.Error, match="Add an image first"):
-        rollout(ctx, None, *DEFAULTS.values())
+        click(None)
 
 
 def test_the_page_shows_the_map_first_and_the_same_scores_after(app, cifar_test, tmp_path):
@@ -342,12 +355,12 @@ def test_the_page_shows_the_map_first_and_the_same_scores_after(app, cifar_test,
 
     _, ctx = app
     path = _save_png(tmp_path, cifar_test.x[21].numpy())
-    settings = {**DEFAULTS, "choice": "scratch", "method": "grad"}
-    first = rollout(ctx, path, *settings.values(), scored=False)
+    args = _handler_args(choice="scratch", method="grad")
+    first = rollout(ctx, path, *args, scored=False)
     *shown, unscored = first
     assert shown[4]["scratch"]["faithfulness"] is None
     assert "Scoring the map" in shown[6] and shown[7] == ""
-    whole = rollout(ctx, path, *settings.values())
+    whole = rollout(ctx, path, *args)
     np.testing.assert_array_equal(shown[0], whole[0])  # the same picture either way
     assert unscored.values is shown[4]  # kept on the server, not sent back by the page
     values, left_text, right_text = score(ctx.registry, unscored)

@@ -402,7 +402,8 @@ def test_the_tab_says_before_start_what_data_is_missing(tmp_path, data_dir, monk
     assert readiness(SimpleNamespace(data_dir=data_dir, gallery=no_download)) == ""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no torchvision archive either
     text = readiness(SimpleNamespace(data_dir=str(tmp_path / "empty"), gallery=no_download))
-    lines = text.splitlines()
-    assert len(lines) == 2 and "CIFAR-10 (train) is not available" in lines[0]
-    assert "CIFAR-10 (test) is not available" in lines[1] and "VIT_DEMO_DATA_DIR" in text
+    heading, *lines = text.splitlines()
+    assert heading == "**Before you start:**"
+    assert len(lines) == 2 and lines[0].startswith("- CIFAR-10 (train) is not available")
+    assert lines[1].startswith("- CIFAR-10 (test) is not available") and "VIT_DEMO_DATA_DIR" in text
     assert str(tmp_path) not in text

@@ -19,19 +19,16 @@ from ..inference import preprocess
 from ..registry import VITB16, LoadedModel
 from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
 from ..rollout import HEAD_FUSIONS
-from .common import (BOTH, INFERENCE, AppContext, examples, image_input, keys_for, load_models,
-                     model_dropdown, read_image, unavailable_message, unavailable_note,
-                     user_errors)
+from .common import (BOTH, INFERENCE, AppContext, examples, image_input, load_models,
+                     model_dropdown, read_image, unavailable_message, unavailable_note, user_errors)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
-MAX_DISCARD_RATIO = 0.99
 TOP_K = 3
-# Gradient-weighted rollout first: on the shipped scratch model it explains the prediction best
-# by the deletion and insertion scores (benchmarks/bench_faithfulness.py, README).
+# Gradient-weighted rollout first, and the default: on the shipped scratch model it explains the
+# prediction best by the deletion and insertion scores (benchmarks/bench_faithfulness.py, README).
 METHOD_CHOICES = [("Gradient-weighted rollout for a target class", "grad"),
                   ("Attention rollout", "rollout"),
                   ("Raw attention of one layer and head", "raw")]
-DEFAULT_METHOD = "grad"
 PHOTO, MODEL_VIEW = "photo", "model"
 VIEW_CHOICES = [("On the photo", PHOTO), ("As the model saw it (its input, enlarged)", MODEL_VIEW)]
 METHOD_NAMES = {"grad": "gradient-weighted rollout", "rollout": "attention rollout",
@@ -41,58 +38,54 @@ DEFAULT_COLORMAP = "jet"
 DEFAULT_OPACITY = 0.5  # of the heat map over the image
 
 
+def _number(value, name: str, whole: bool = False) -> float | int:
+    """``value`` as a float (``whole``: as an int), or a ``ValueError`` unless it is a number
+    (``whole``: a whole one; a number field may send 0.5 or NaN)."""
+    try:
+        number = float(value)
+        if not whole or number == int(number):
+            return int(number) if whole else number
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}.")
+
+
 @dataclass(frozen=True)
-class Settings:
-    """The settings of one request, typed. Their ranges are checked by the core
-    (``attention.explain``, ``rollout``, ``overlay``), which raise ``ValueError``."""
+class MapSettings:
+    """The settings of one map, as the form or the API sends them; construction types the
+    numbers and checks what only the app defines (target class names, views). Their ranges are
+    checked by the core (``attention.explain``, ``rollout``, ``overlay``). Both raise
+    ``ValueError``."""
     method: str
     head_fusion: str
     discard_ratio: float
     start_layer: int
     target_class: str  # PREDICTED or a class name
     layer: int
-    head: int | None  # None: all heads, fused with head_fusion
-    colormap: str
-    opacity: float
-    grid: bool
+    head: int | None = None  # None: all heads, fused with head_fusion
+    colormap: str = DEFAULT_COLORMAP
+    opacity: float = DEFAULT_OPACITY
+    grid: bool = False
     view: str = PHOTO
     faithfulness_all: bool = False  # also for models too slow to score on every request
 
-
-def _number(value, name: str, whole: bool = False) -> float | int:
-    """``value`` as a float (``whole``: as an int), or a ``ValueError`` unless it is a number
-    (``whole``: a whole one; a number field may send 0.5 or NaN)."""
-    try:
-        number = float(value)
-        if not whole:
-            return number
-        if number == int(number):
-            return int(number)
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise ValueError(f"{name} must be a {'whole ' if whole else ''}number, got {value!r}.")
-
-
-def settings_from(method: str, head_fusion: str, discard_ratio: float, start_layer: float | int,
-                  target_class: str, layer: float | int, head: float | int | None = None,
-                  colormap: str = DEFAULT_COLORMAP, opacity: float = DEFAULT_OPACITY,
-                  grid: bool = False, view: str = PHOTO, faithfulness_all: bool = False
-                  ) -> Settings:
-    """The form's values as typed settings; what only the app defines (target class names,
-    views) is checked here, everything else by the core."""
-    if target_class != PREDICTED and target_class not in CLASSES:
-        raise ValueError(f"Unknown target class {target_class!r}. Choose {PREDICTED!r} or one of: "
-                         f"{', '.join(CLASSES)}.")
-    if view not in (PHOTO, MODEL_VIEW):
-        raise ValueError(f"Unknown view {view!r}. Choose {PHOTO!r} or {MODEL_VIEW!r}.")
-    return Settings(method, head_fusion, _number(discard_ratio, "Discard ratio"),
-                    _number(start_layer, "Start layer", whole=True), target_class,
-                    _number(layer, "Layer", whole=True),
-                    None if head is None else _number(head, "Head", whole=True), colormap,
-                    _number(opacity, "Opacity"), bool(grid), view, bool(faithfulness_all))
+    def __post_init__(self) -> None:
+        if self.target_class != PREDICTED and self.target_class not in CLASSES:
+            raise ValueError(f"Unknown target class {self.target_class!r}. Choose {PREDICTED!r} "
+                             f"or one of: {', '.join(CLASSES)}.")
+        if self.view not in (PHOTO, MODEL_VIEW):
+            raise ValueError(f"Unknown view {self.view!r}. Choose {PHOTO!r} or {MODEL_VIEW!r}.")
+        typed = {"discard_ratio": _number(self.discard_ratio, "Discard ratio"),
+                 "start_layer": _number(self.start_layer, "Start layer", whole=True),
+                 "layer": _number(self.layer, "Layer", whole=True),
+                 "head": None if self.head is None else _number(self.head, "Head", whole=True),
+                 "opacity": _number(self.opacity, "Opacity"),
+                 "grid": bool(self.grid), "faithfulness_all": bool(self.faithfulness_all)}
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)  # the dataclass is frozen
 
 
-def target_index(settings: Settings, loaded: LoadedModel) -> int | None:
+def target_index(settings: MapSettings, loaded: LoadedModel) -> int | None:
     """The target class index for the gradient method (None: the predicted class)."""
     if settings.method != "grad" or settings.target_class == PREDICTED:
         return None
@@ -107,7 +100,7 @@ class MapShown:
     """One model's map as shown, with what scoring it needs."""
     key: str  # registry key of the model
     label: str
-    settings: Settings
+    settings: MapSettings
     x: torch.Tensor  # (1, C, H, W) the model's input
     heatmap: np.ndarray  # (rows, cols)
     grid: tuple[int, int]
@@ -145,8 +138,8 @@ class Unscored:
     values: dict  # the JSON the maps were shown with, faithfulness None
 
 
-def explain_one(key: str, loaded: LoadedModel, img: Image.Image, settings: Settings,
-                target: int | None) -> tuple[np.ndarray, dict[str, float], dict, MapShown]:
+def explain_one(loaded: LoadedModel, img: Image.Image, settings: MapSettings, target: int | None
+                ) -> tuple[np.ndarray, dict[str, float], dict, MapShown]:
     """(overlay image, top-k confidences, JSON entry without scores, what scoring it needs) for
     one model and one image. A ``ValueError`` from the core names the model."""
     try:
@@ -176,20 +169,19 @@ def explain_one(key: str, loaded: LoadedModel, img: Image.Image, settings: Setti
              "target_class": None if result["target_class"] is None else loaded.classes[target_used],
              "prediction": {"class": loaded.classes[best], "probability": round(float(probs[best]), 4)},
              "values": value_grid(heatmap), "faithfulness": None}
-    shown = MapShown(key, loaded.label, settings, x, heatmap, tuple(result["grid_size"]),
+    shown = MapShown(loaded.key, loaded.label, settings, x, heatmap, tuple(result["grid_size"]),
                      target_used, loaded.classes[target_used], float(probs[target_used]))
     return picture, confidences, entry, shown
 
 
 def score(registry, unscored: Unscored) -> tuple[dict, str, str]:
-    """The faithfulness scores of the maps ``rollout(..., score=False)`` showed: (the values
+    """The faithfulness scores of the maps ``rollout(..., scored=False)`` showed: (the values
     with the scores filled in, left text, right text). The image's probability comes from the
     map's own forward pass, not a second one."""
     values = {k: dict(v) for k, v in unscored.values.items()}
-    texts = []
-    for m in unscored.sides:
+    texts = ["", ""]
+    for side, m in enumerate(unscored.sides):
         if m is None:
-            texts.append("")
             continue
         loaded = registry.get(m.key)
         scores = None
@@ -199,15 +191,14 @@ def score(registry, unscored: Unscored) -> tuple[dict, str, str]:
             scores = faithfulness(loaded.model, m.x, m.heatmap, m.target, steps=PAGE_STEPS,
                                   image_probability=m.probability)
             values[m.key]["faithfulness"] = scores.to_dict()
-        texts.append(m.text(scores))
-    return values, texts[0], texts[1]
+        texts[side] = m.text(scores)
+    return values, *texts
 
 
-def rollout(ctx: AppContext, image: str | None, choice: str, *form: object,
+def rollout(ctx: AppContext, image: str | None, choice: str, settings: MapSettings,
             scored: bool = True) -> tuple:
     """(left overlay, right overlay, left top-k, right top-k, values per model, notes,
-    left faithfulness, right faithfulness, what ``score`` needs per side) for the settings
-    ``form`` (the values ``settings_from`` takes).
+    left faithfulness, right faithfulness, what ``score`` needs) for the models of ``choice``.
 
     ``scored=False`` leaves the scores out (the texts say they are coming) for ``score`` to add:
     the page shows a map after one forward pass and its scores a moment later.
@@ -220,38 +211,32 @@ def rollout(ctx: AppContext, image: str | None, choice: str, *form: object,
     refuses raise ``ValueError`` (``gr.Error`` in the app, through ``user_errors``).
     """
     img = read_image(image, ctx.settings)
-    keys = keys_for(choice, ctx.registry)
-    settings = settings_from(*form)
-    loaded = load_models(ctx.registry, keys)
+    loaded = load_models(ctx.registry, choice)
     targets = {key: target_index(settings, m) for key, m in loaded.items() if m is not None}
-    sides: list[tuple] = []  # (picture, confidences, what scoring needs) per model
+    pictures, tops, shown = [None, None], [None, None], [None, None]  # left, right
     values: dict[str, dict] = {}
     notes = []
-    for key, m in loaded.items():
+    for side, (key, m) in enumerate(loaded.items()):
         if m is None:
-            sides.append((None, None, None))
             values[key] = {"label": ctx.registry.label(key), "available": False,
                            "reason": unavailable_message(ctx.registry, key)}
             notes.append(unavailable_note(ctx.registry, key))
             continue
         start = time.perf_counter()
-        picture, confidences, values[key], shown = explain_one(key, m, img, settings, targets[key])
-        sides.append((picture, confidences, shown))
+        pictures[side], tops[side], values[key], shown[side] = explain_one(
+            m, img, settings, targets[key])
         depth, heads = m.adapter.depth_and_heads(m.model)
-        rows, cols = shown.grid
-        notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; colours "
-                     f"span the map's values {shown.heatmap.min():.4g} to "
-                     f"{shown.heatmap.max():.4g}; the map in "
+        rows, cols = shown[side].grid
+        low, high = shown[side].heatmap.min(), shown[side].heatmap.max()
+        notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; "
+                     f"colours span the map's values {low:.4g} to {high:.4g}; the map in "
                      f"{(time.perf_counter() - start) * 1000:.0f} ms")
-    sides += [(None, None, None)] * (2 - len(sides))
-    (left, left_top, left_map), (right, right_top, right_map) = sides
-    unscored = Unscored((left_map, right_map), values)
+    unscored = Unscored(tuple(shown), values)
     if scored:
-        values, left_text, right_text = score(ctx.registry, unscored)
+        values, *texts = score(ctx.registry, unscored)
     else:
-        left_text, right_text = (m.text(None, pending=True) if m else "" for m in unscored.sides)
-    return (left, right, left_top, right_top, values, "\n\n".join(notes), left_text, right_text,
-            unscored)
+        texts = [m.text(None, pending=True) if m else "" for m in shown]
+    return (*pictures, *tops, values, "\n\n".join(notes), *texts, unscored)
 
 
 def build_tab(ctx: AppContext):
@@ -269,10 +254,10 @@ def build_tab(ctx: AppContext):
         with gr.Column(scale=1, min_width=280):
             image = image_input(ctx.settings)
             choice = model_dropdown(ctx.registry)
-            method = gr.Radio(METHOD_CHOICES, value=DEFAULT_METHOD, label="Method")
+            method = gr.Radio(METHOD_CHOICES, value="grad", label="Method")
             head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Head fusion",
                                    visible=False)
-            discard_ratio = gr.Slider(0.0, MAX_DISCARD_RATIO, value=0.0, step=0.01, visible=False,
+            discard_ratio = gr.Slider(0.0, 0.99, value=0.0, step=0.01, visible=False,
                                       label="Discard ratio (lowest patch-to-patch weights per row)")
             start_layer = gr.Number(0, precision=0, label="Start layer (0 = first)")
             target_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Target class")
@@ -331,13 +316,14 @@ def build_tab(ctx: AppContext):
             view: "photo" (the map over the image as uploaded) or "model" (over what the model sees)
             score_vitb16: also score ViT-B/16's maps (slow on a CPU)
         """
-        return rollout(ctx, image, model, method, head_fusion, discard_ratio, start_layer,
-                       target_class, layer, head, colormap, opacity, grid, view, score_vitb16)[:-1]
+        settings = MapSettings(method, head_fusion, discard_ratio, start_layer, target_class,
+                               layer, head, colormap, opacity, grid, view, score_vitb16)
+        return rollout(ctx, image, model, settings)[:-1]
 
     @user_errors()
-    def show_map(*args):
+    def show_map(image: str | None, choice: str, *form):
         """The click on the page: the maps at once, their scores (``add_scores``) after."""
-        return rollout(ctx, *args, scored=False)
+        return rollout(ctx, image, choice, MapSettings(*form), scored=False)
 
     @user_errors()
     def add_scores(unscored: Unscored):
@@ -360,11 +346,9 @@ def build_tab(ctx: AppContext):
                head: ("raw",)}
     method.change(lambda m: [gr.update(visible=m in methods) for methods in used_by.values()],
                   inputs=[method], outputs=list(used_by), api_visibility="private", queue=False)
-
-    def show_sides(c: str):
-        """The right side with "both"; the ViT-B/16 scoring switch only where it is used."""
-        return gr.Column(visible=c == BOTH), gr.Checkbox(visible=c in (BOTH, VITB16))
-
-    choice.change(show_sides, inputs=[choice], outputs=[right_side, faithfulness_all],
-                  api_visibility="private", queue=False)
+    # the right side with "both"; the ViT-B/16 scoring switch only where it is used
+    choice.change(
+        lambda c: (gr.Column(visible=c == BOTH), gr.Checkbox(visible=c in (BOTH, VITB16))),
+        inputs=[choice], outputs=[right_side, faithfulness_all], api_visibility="private",
+        queue=False)
     return image, picked, choice

@@ -7,8 +7,8 @@ import gradio as gr
 from ..data import CLASSES
 from ..inference import predict
 from ..registry import SCRATCH, VITB16
-from .common import (INFERENCE, AppContext, examples, image_input, keys_for, load_models,
-                     model_dropdown, read_image, side_titles, unavailable_note, user_errors)
+from .common import (INFERENCE, AppContext, examples, image_input, load_models, model_dropdown,
+                     read_image, side_titles, unavailable_note, user_errors)
 
 TOP_K = 5
 
@@ -17,18 +17,16 @@ def classify(ctx: AppContext, image: str | None, choice: str) -> tuple[dict | No
     """(left confidences, right confidences, notes). A model that is unavailable leaves its
     side empty with a one-line note, as long as another model answered."""
     img = read_image(image, ctx.settings)
-    results: list[dict | None] = []
+    results: list[dict | None] = [None, None]  # left, right
     notes = []
-    for key, loaded in load_models(ctx.registry, keys_for(choice, ctx.registry)).items():
+    for side, (key, loaded) in enumerate(load_models(ctx.registry, choice).items()):
         if loaded is None:
-            results.append(None)
             notes.append(unavailable_note(ctx.registry, key))
             continue
         pred = predict(loaded, img, TOP_K)
-        results.append(pred.confidences)
+        results[side] = pred.confidences
         notes.append(f"**{loaded.label}**: {pred.latency_ms:.1f} ms (preprocessing + forward, "
                      f"{loaded.data_cfg.input_size[1]} px input)")
-    results += [None] * (2 - len(results))
     return results[0], results[1], "\n\n".join(notes)
 
 

@@ -79,7 +79,6 @@ def image_input(settings: Settings, label: str = "Image") -> ImageUpload:
     return image
 
 
-GALLERY_LABEL = "CIFAR-10 test images, two per class"
 GALLERY_POLL_S = 3.0  # how often an open page looks whether the download has ended
 
 
@@ -103,8 +102,8 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
     gallery = ctx.gallery
     note = gr.Markdown(gallery_note(gallery))
     cache = ctx.cache_examples and fn is not None
-    common = {"label": GALLERY_LABEL, "examples_per_page": 20, "cache_mode": "lazy",
-              "api_name": api_name or "load_example"}
+    common = {"label": "CIFAR-10 test images, two per class", "examples_per_page": 20,
+              "cache_mode": "lazy", "api_name": api_name or "load_example"}
     if gallery.state == GALLERY_READY:
         picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=[*outputs],
                              fn=fn, cache_examples=cache, run_on_click=fn is not None, **common)
@@ -147,8 +146,6 @@ def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
     ``.input`` fires only on what the visitor does, not on these copies, so nothing loops."""
     for i, (image, picked) in enumerate(inputs):
         others = [other for j, (other, _) in enumerate(inputs) if j != i]
-        if not others:
-            continue
 
         def copy(value, n=len(others)):
             return value if n == 1 else [value] * n
@@ -211,17 +208,17 @@ def keys_for(choice: str, registry: Registry) -> list[str]:
     return [choice]
 
 
-def load_models(registry: Registry, keys: list[str]) -> dict[str, LoadedModel | None]:
-    """The loaded model of each key, None for one that is unavailable; a ``gr.Error`` saying
-    why and how to get them when none is available."""
+def load_models(registry: Registry, choice: str) -> dict[str, LoadedModel | None]:
+    """The loaded model of each key ``choice`` stands for, None for one that is unavailable; a
+    ``gr.Error`` saying why and how to get them when none is available."""
     loaded: dict[str, LoadedModel | None] = {}
-    for key in keys:
+    for key in keys_for(choice, registry):
         try:
             loaded[key] = registry.get(key)
         except ModelUnavailable:
             loaded[key] = None
     if all(m is None for m in loaded.values()):
-        raise gr.Error(" ".join(unavailable_message(registry, k) for k in keys))
+        raise gr.Error(" ".join(unavailable_message(registry, k) for k in loaded))
     return loaded
 
 
@@ -229,10 +226,6 @@ def load_models(registry: Registry, keys: list[str]) -> dict[str, LoadedModel | 
 SHORT_NAMES = {SCRATCH: "Scratch ViT", VITB16: "ViT-B/16"}
 _SHORT_REASONS = {READY: "", LOADING: "loading now", NOT_LOADED: "loads on first use"}
 _EXCEPTION = re.compile(r"\s*\([A-Za-z_][\w.]*(Error|Exception|NotFound)\w*:.*?\)(?=[.;]|\s|$)", re.S)
-
-
-def short_name(status: ModelStatus) -> str:
-    return SHORT_NAMES.get(status.key, status.label)
 
 
 def short_reason(status: ModelStatus) -> str:
@@ -268,7 +261,8 @@ def unavailable_message(registry: Registry, key: str) -> str:
 def unavailable_note(registry: Registry, key: str) -> str:
     """One short line for a model a request could not use."""
     status = registry.status(key)
-    return f"**{short_name(status)}** is not available ({short_reason(status)}; see *Model details*)."
+    name = SHORT_NAMES.get(key, status.label)
+    return f"**{name}** is not available ({short_reason(status)}; see *Model details*)."
 
 
 _BADGE_COLOURS = {READY: "#15803d", LOADING: "#b45309", NOT_LOADED: "#475569", UNAVAILABLE: "#b91c1c"}
@@ -283,7 +277,7 @@ def status_badges(registry: Registry) -> str:
         badges.append(
             f'<span class="model-badge" data-model="{html.escape(s.key)}" '
             f'data-state="{html.escape(s.state)}">'
-            f'<b>{html.escape(short_name(s))}</b> '
+            f'<b>{html.escape(SHORT_NAMES.get(s.key, s.label))}</b> '
             f'<span class="model-state" style="background:{colour}">{html.escape(s.state)}</span>'
             + (f' <span class="model-reason">{html.escape(reason)}</span>' if reason else "")
             + "</span>")

@@ -28,11 +28,11 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
 
 
-def _table(header: list[str], rows: list[list[str]], elem_class: str = "figure-table") -> str:
+def _table(header: list[str], rows: list[list[str]]) -> str:
     """An HTML table that scrolls sideways inside its box on a narrow screen (the page does not)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return (f'<div class="scroll-x"><table class="{elem_class}"><thead><tr>{head}</tr></thead>'
+    return (f'<div class="scroll-x"><table class="figure-table"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
 
 

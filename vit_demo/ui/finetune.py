@@ -36,13 +36,10 @@ Outputs = tuple[str, pd.DataFrame | None, pd.DataFrame | None, str, list[str] | 
 def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    if minutes >= 60:
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
 def progress_html(state: JobState) -> str:
@@ -119,21 +116,15 @@ DOWNLOADING_NOTE = "CIFAR-10 is still downloading; a job can start when it is do
 
 
 def readiness(ctx: AppContext) -> str:
-    """What stops a job before it starts, and what to do; empty when nothing does. (Running on
-    the CPU does not stop one: the job state's warning says so.)"""
-    if ctx.gallery.state == DOWNLOADING:
-        return f"- {DOWNLOADING_NOTE}"
-    problems = [p for p in (data_problem("train", ctx.data_dir), data_problem("test", ctx.data_dir)) if p]
-    return "\n".join(f"- {p}" for p in problems)
+    """What stops a job before it starts, and what to do, one line each under a heading; empty
+    when nothing does. (Running on the CPU does not stop one: the job state's warning says so.)"""
+    problems = ([DOWNLOADING_NOTE] if ctx.gallery.state == DOWNLOADING else
+                [p for p in (data_problem(s, ctx.data_dir) for s in ("train", "test")) if p])
+    return ("**Before you start:**" + "".join(f"\n- {p}" for p in problems)) if problems else ""
 
 
-def readiness_note(ctx: AppContext) -> str:
-    missing = readiness(ctx)
-    return f"**Before you start:**\n{missing}" if missing else ""
-
-
-def build_tab(ctx: AppContext) -> JobRunner:
-    """The tab; returns its runner (one per app, holding the server's job)."""
+def build_tab(ctx: AppContext) -> None:
+    """The tab, with its runner (one per app, holding the server's job)."""
     runner = JobRunner(ctx.registry, ctx.store, ctx.data_dir, ctx.settings)
     d = default_request(VITB16 if runner.device == "cuda" else SCRATCH, runner.device)
     gr.Markdown(
@@ -142,7 +133,7 @@ def build_tab(ctx: AppContext) -> JobRunner:
         "it while it runs, and only yours can stop it. At the end the model is tested on "
         "held-out CIFAR-10 test images and selectable in the other tabs at once, under its "
         f"name plus a suffix; this server keeps the {ctx.settings.keep_finetuned} newest.")
-    ready_note = gr.Markdown(readiness_note(ctx))
+    ready_note = gr.Markdown(readiness(ctx))
     number = partial(gr.Number, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
@@ -230,5 +221,4 @@ def build_tab(ctx: AppContext) -> JobRunner:
                         test_images], api_visibility="private", queue=False)
     base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
-    while_downloading(ctx.gallery, ready_note, lambda: readiness_note(ctx))
-    return runner
+    while_downloading(ctx.gallery, ready_note, lambda: readiness(ctx))
