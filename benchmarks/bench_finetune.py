@@ -33,6 +33,7 @@ from vit_demo.adapters import ModelKind  # noqa: E402
 from vit_demo.card import ModelCard, save_model  # noqa: E402
 from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, DATA_DIR_ENV, DataConfig,  # noqa: E402
                            DataUnavailable, Split, load_cifar10)
+from vit_demo.evaluate import param_count  # noqa: E402
 from vit_demo.finetune.job import prepare, train_job  # noqa: E402
 from vit_demo.finetune.request import FinetuneRequest  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
@@ -90,7 +91,7 @@ def bench_cpu_job(steps: int, batch: int, data: str | None, warmup: int) -> dict
             elif kind == "result":
                 test_accuracy = value["test"]["accuracy"]
         wall = time.perf_counter() - start
-    return {"preset": TINY_PRESET, "params": model.num_params(), "steps": steps, "batch": batch,
+    return {"preset": TINY_PRESET, "params": param_count(model), "steps": steps, "batch": batch,
             "threads": torch.get_num_threads(), "images_per_s": statistics.median(rates),
             "setup_s": marks["started"], "train_s": marks["result"] - marks["started"],
             "job_wall_s": wall, "test_accuracy": test_accuracy}

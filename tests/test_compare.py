@@ -34,7 +34,7 @@ def test_compare_shows_card_figures_and_unavailable_vitb16(tmp_path, cifar_test)
 
     scratch_row = next(row for row in rows(summary) if row[0].startswith("Scratch ViT"))
     assert scratch_row[1] == f"{100 * accuracy:.2f} %" and scratch_row[2] == "300"
-    assert scratch_row[3] == f"{model.num_params() / 1e6:.2f} M"
+    assert scratch_row[3] == f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"
     assert "card vit-scratch-cifar10.json" in scratch_row[-1]  # where the figures come from
     vit_row = next(row for row in rows(summary) if row[0].startswith("ViT-B/16"))
     assert "unavailable" in vit_row[-1] and "Hugging Face hub" in vit_row[-1]

@@ -18,7 +18,7 @@ from .adapters import ModelKind
 from .card import AccuracyMetrics, Metrics, ModelCard, Origin, Recipe, Training, save_model
 from .checkpoint import default_weights_dir
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
-from .evaluate import model_metrics, param_count, save_confusion_png, store_metrics
+from .evaluate import model_metrics, param_count, confusion_png, store_metrics
 from .model import PRESETS, ViT, deepen
 from .registry import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
@@ -130,10 +130,11 @@ def cmd_evaluate(args) -> None:
     print(f"params {metrics.params:,}; {metrics.flops_per_image / 1e6:.1f} MFLOPs per image; "
           f"CPU latency {metrics.cpu_latency_ms:.2f} ms per image "
           f"(median, {metrics.cpu_threads} torch threads)")
-    png = save_confusion_png(result.confusion, card.classes,
-                             args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png",
-                             title=f"{args.name}: accuracy {result.accuracy:.2%} "
-                                   f"on {len(test)} test images")
+    png = Path(args.png or ARTIFACTS_DIR / f"{args.name}-confusion.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(confusion_png(result.confusion, card.classes,
+                                  title=f"{args.name}: accuracy {result.accuracy:.2%} "
+                                        f"on {len(test)} test images"))
     print(f"wrote {png}")
     if args.update_card:
         store_metrics(weights_dir, card, metrics)

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .card import read_card
+from .card import Metrics, read_card
 from .checkpoint import CheckpointError
 from .registry import READY, UNAVAILABLE, Registry
 
@@ -16,13 +16,7 @@ class ModelFigures:
     label: str
     available: bool
     note: str  # why figures are missing, or where they come from
-    accuracy: float | None = None  # CIFAR-10 test top-1
-    test_images: int | None = None
-    per_class: tuple[float, ...] | None = None
-    confusion: tuple[tuple[int, ...], ...] | None = None  # rows: true class, columns: predicted
-    params: int | None = None
-    flops: int | None = None  # per image, one forward pass
-    cpu_latency_ms: float | None = None
+    metrics: Metrics = Metrics()  # the card's, with its parameter count when not measured
 
 
 def figures(registry: Registry, key: str) -> ModelFigures:
@@ -40,11 +34,9 @@ def figures(registry: Registry, key: str) -> ModelFigures:
         card = read_card(folder, name)
     except CheckpointError as exc:
         return ModelFigures(key, label, False, str(exc))
-    metrics, test = card.metrics, card.metrics.test
-    if test is None:
+    if card.metrics.test is None:
         return ModelFigures(key, label, True, f"card {name}.json has no measured figures yet: run "
                             f"`python -m vit_demo evaluate --name {name} --update-card`")
-    return ModelFigures(
-        key, label, True, f"measured {metrics.date or card.date or '?'}, card {name}.json",
-        test.accuracy, test.images, test.per_class_accuracy, test.confusion,
-        metrics.params or card.params, metrics.flops_per_image, metrics.cpu_latency_ms)
+    return ModelFigures(key, label, True,
+                        f"measured {card.metrics.date or card.date or '?'}, card {name}.json",
+                        replace(card.metrics, params=card.metrics.params or card.params))

@@ -77,10 +77,10 @@ def store_metrics(weights_dir: Path, card: ModelCard, metrics: Metrics) -> Model
     return updated
 
 
-def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
-                       title: str | None = None) -> Path:
-    """Draw the confusion matrix (rows: true class, columns: predicted) with counts in the
-    cells and colour by the fraction of the true class; write it as a PNG to ``path``."""
+def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
+                  title: str | None = None) -> bytes:
+    """The confusion matrix (rows: true class, columns: predicted) drawn as a PNG, with counts
+    in the cells and colour by the fraction of the true class."""
     counts = np.asarray(confusion, dtype=np.int64)
     frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
@@ -96,7 +96,4 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str
     if title:
         ax.set_title(title)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(fig))
-    return path
+    return png_bytes(fig)

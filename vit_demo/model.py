@@ -172,9 +172,6 @@ class ViT(nn.Module):
     def grid_size(self) -> tuple[int, int]:
         return self.cfg.grid_size
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward_features(self, x: torch.Tensor, return_attention: bool = False
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images (B, C, H, W) to encoder tokens (B, 1+N, dim), before the final norm.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,6 +269,19 @@ class Trainer:
 
     # -- loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """``steps`` to the end, each step's progress to ``callback`` (rank 0)."""
+        steps = self.steps()
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as done:
+                return done.value
+            if self.callback and self.rank == 0:
+                self.callback(progress)
+
+    def steps(self) -> Generator[Progress, None, TrainResult]:
+        """The training loop: this rank's ``Progress`` after every step, then the
+        ``TrainResult``. Closed early, it stops after the step it reported last."""
         cfg = self.cfg
         self.net.train()
         start = step_start = time.perf_counter()
@@ -308,13 +321,12 @@ class Trainer:
                 period_loss = period_seen = 0.0
             if self.step % cfg.checkpoint_every == 0 or at_end:
                 self.save_state()
-            if self.callback and self.rank == 0:  # this step's figures
-                now = time.perf_counter()
-                rate = len(y) * self.world / max(now - step_start, 1e-9)
-                per_step = (now - start) / (self.step - first_step)
-                self.callback(Progress(self.step, self.end_step, self.step / self.steps_per_epoch,
-                                       loss.item(), (logits.argmax(-1) == y).sum().item() / len(y),
-                                       rate, per_step * (self.end_step - self.step), lr, val_acc))
-                step_start = now
+            now = time.perf_counter()  # this step's figures
+            rate = len(y) * self.world / max(now - step_start, 1e-9)
+            per_step = (now - start) / (self.step - first_step)
+            yield Progress(self.step, self.end_step, self.step / self.steps_per_epoch, loss.item(),
+                           (logits.argmax(-1) == y).sum().item() / len(y), rate,
+                           per_step * (self.end_step - self.step), lr, val_acc)
+            step_start = now
         return TrainResult(self.step, self.end_step, cancelled, time.perf_counter() - start,
                            list(self.history))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +28,7 @@ from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
 from ..evaluate import param_count
 from ..hub import FINETUNE_BASE
 from ..registry import VITB16, ModelKind, Registry, load_checkpoint
-from ..train import Progress, Trainer, TrainResult, accuracy_metrics, confusion_matrix, evaluate
+from ..train import Trainer, TrainResult, accuracy_metrics, confusion_matrix, evaluate
 from .policy import eval_batch_size, gpu_wrapped, training_device
 from .request import FinetuneRequest
 
@@ -102,43 +101,6 @@ def prepare(request: FinetuneRequest, registry: Registry, data_dir: str | None) 
                     test.subset(torch.arange(min(request.test_images, len(test)))))
 
 
-def _stepwise(trainer: Trainer) -> Iterator[tuple[str, dict]]:
-    """``trainer.run()`` as one ``("progress", asdict(Progress))`` per optimizer step; returns
-    the ``TrainResult``. The trainer waits at every step's report until the next item is asked
-    for, so closing the iterator cancels the run after the current step."""
-    items: queue.Queue = queue.Queue()
-    go_on = threading.Semaphore(0)
-
-    def report(progress: Progress) -> None:
-        items.put(("progress", progress))
-        go_on.acquire()
-
-    def run() -> None:
-        try:
-            items.put(("done", trainer.run()))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            items.put(("error", exc))
-
-    trainer.callback = report
-    thread = threading.Thread(target=run, name="finetune-steps", daemon=True)
-    thread.start()
-    kind = "progress"  # until the run has ended
-    try:
-        kind, value = items.get()
-        while kind == "progress":
-            yield kind, asdict(value)
-            go_on.release()
-            kind, value = items.get()
-    finally:
-        if kind == "progress":  # closed early: cancel the run
-            trainer.cancel.set()
-            go_on.release()
-        thread.join()
-    if kind == "error":
-        raise value
-    return value
-
-
 def train_job(job: Prepared, state_path: str, tensors_path: str,
               cancel: threading.Event | None = None, gpu_s: int = 0) -> Iterator[tuple[str, Any]]:
     """Train ``job``, write its weights to ``tensors_path``, test them; see the module docstring.
@@ -162,7 +124,12 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
             val = evaluate(model, job.val, data_cfg, device, cfg.eval_batch_size, cancel=cancel)
             yield "baseline", {"step": trainer.step, "epoch": trainer.step / trainer.steps_per_epoch,
                                "val_accuracy": val["accuracy"]}
-        result: TrainResult = yield from _stepwise(trainer)
+        steps = trainer.steps()  # one step per item asked for; closing the job stops it
+        try:
+            while True:
+                yield "progress", asdict(next(steps))
+        except StopIteration as done:
+            result: TrainResult = done.value
         if result.cancelled:
             return
         save_tensors(Path(tensors_path), model.state_dict())

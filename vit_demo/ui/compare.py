@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import html
 import re
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import torch
 
 from ..compare import ModelFigures, figures
 from ..data import CLASSES
-from ..evaluate import cpu_latency_ms, save_confusion_png
+from ..evaluate import confusion_png, cpu_latency_ms
 from ..registry import READY, UNAVAILABLE, Registry
 from .common import INFERENCE, AppContext, how_to_get
 
-_PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-confusion-"))
 LATENCY_RUNS = 5
 
 
@@ -40,11 +38,15 @@ def summary_table(rows: list[ModelFigures]) -> str:
     """Accuracy, size, FLOPs and the card's CPU latency of every model, with their source."""
     header = ["model", "CIFAR-10 test top-1", "test images", "parameters", "GFLOPs / image",
               "CPU latency, 1 image (card)", "where the figures come from"]
-    out = [[html.escape(r.label), _fmt(r.accuracy and 100 * r.accuracy, ".2f", " %"),
-            _fmt(r.test_images, ","), _fmt(r.params and r.params / 1e6, ".2f", " M"),
-            _fmt(r.flops and r.flops / 1e9, ".3f"), _fmt(r.cpu_latency_ms, ".1f", " ms"),
-            re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(r.note))]  # `code` spans
-           for r in rows]
+    out = []
+    for r in rows:
+        m = r.metrics
+        out.append([html.escape(r.label), _fmt(m.test and 100 * m.test.accuracy, ".2f", " %"),
+                    _fmt(m.test and m.test.images, ","),
+                    _fmt(m.params and m.params / 1e6, ".2f", " M"),
+                    _fmt(m.flops_per_image and m.flops_per_image / 1e9, ".3f"),
+                    _fmt(m.cpu_latency_ms, ".1f", " ms"),
+                    re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(r.note))])  # `code`
     return _table(header, out) + (
         '<p class="figure-note">Accuracy, per-class accuracy and confusion matrices: the card\'s '
         "test run (<code>python -m vit_demo evaluate --update-card</code>). Its CPU latency is "
@@ -54,13 +56,18 @@ def summary_table(rows: list[ModelFigures]) -> str:
 
 
 def per_class_table(rows: list[ModelFigures]) -> str:
-    measured = [r for r in rows if r.per_class]
+    measured = [r for r in rows if r.metrics.test]
     if not measured:
         return "<p>No per-class figures yet.</p>"
     header = ["class"] + [f"{r.label} (card)" for r in measured]
-    out = [[name] + [f"{100 * r.per_class[i]:.1f} %" for r in measured]
+    out = [[name] + [f"{100 * r.metrics.test.per_class_accuracy[i]:.1f} %" for r in measured]
            for i, name in enumerate(CLASSES)]
     return _table(header, out)
+
+
+@functools.lru_cache(maxsize=16)
+def _confusion_base64(confusion: tuple[tuple[int, ...], ...], title: str) -> str:
+    return base64.b64encode(confusion_png(confusion, CLASSES, title=title)).decode("ascii")
 
 
 def figures_html(rows: list[ModelFigures]) -> str:
@@ -68,14 +75,11 @@ def figures_html(rows: list[ModelFigures]) -> str:
     each drawn once per distinct matrix."""
     parts = []
     for r in rows:
-        if r.confusion is None:
+        if r.metrics.test is None:
             continue
-        path = _PNG_DIR / f"{abs(hash((r.key, str(r.confusion)))):x}.png"
-        if not path.is_file():
-            save_confusion_png(r.confusion, CLASSES, path, title=r.label)
         caption = html.escape(f"{r.label}: confusion matrix from the card's test run ({r.note}); "
                               "rows: true class, columns: predicted")
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        data = _confusion_base64(r.metrics.test.confusion, r.label)
         parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
                      f"<figcaption>{caption}</figcaption></figure>")
     if not parts:
