@@ -23,6 +23,7 @@ from .model import ViT
 
 class ModelAdapter(Protocol):
     kind: ModelKind
+    finetunable: bool  # a checkpoint of this kind can be the fine-tune tab's base
 
     def build(self, card: ModelCard) -> nn.Module: ...  # untrained, as the card describes it
     def depth_and_heads(self, model: nn.Module) -> tuple[int, int]: ...  # blocks, heads per block
@@ -43,6 +44,7 @@ def _check_eval(model: nn.Module) -> None:
 
 class ScratchAdapter:
     kind = ModelKind.SCRATCH
+    finetunable = True
 
     def build(self, card: ModelCard) -> nn.Module:
         return ViT(card.model_config)
@@ -131,6 +133,7 @@ def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
 
 class TimmAdapter:
     kind = ModelKind.TIMM
+    finetunable = False  # the tab fine-tunes ViT-B/16 from the hub, not a saved checkpoint
 
     def build(self, card: ModelCard) -> nn.Module:
         import timm

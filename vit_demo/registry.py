@@ -127,6 +127,10 @@ class Registry:
             return name
         return f"{'weights' if folder == self.weights_dir else 'fine-tuned'}/{name}.safetensors"
 
+    def finetune_bases(self) -> list[str]:
+        """The keys the fine-tune tab may start from: VITB16 and the models whose kind allows it."""
+        return [k for k in self.keys() if k == VITB16 or adapter_for(self.kind(k)).finetunable]
+
     def label(self, key: str) -> str:
         return {SCRATCH: "Scratch ViT (CIFAR-10)",
                 VITB16: "ViT-B/16 (timm, fine-tuned on CIFAR-10)"}.get(key, f"Fine-tuned: {key}")

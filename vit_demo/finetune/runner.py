@@ -25,7 +25,7 @@ from typing import Any
 
 from ..card import AccuracyMetrics, Metrics, ModelCard, write_card
 from ..data import CLASSES
-from ..registry import VITB16, ModelKind, Registry
+from ..registry import VITB16, Registry
 from ..settings import Settings
 from .job import JobError, base_timm_name, prepare, run_train_job
 from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
@@ -154,11 +154,11 @@ class JobRunner:
         """The checks that need the server: the base exists, the job fits the budget (and, on
         ZeroGPU, the GPU window); the estimated seconds."""
         problems = []
+        bases = self.registry.finetune_bases()
         if request.base not in self.registry.keys():
-            known = ", ".join(k for k in self.registry.keys()
-                              if k == VITB16 or self.registry.kind(k) is ModelKind.SCRATCH)
-            problems.append(f"base {request.base!r} is not a model of this app; choose one of: {known}")
-        elif request.base != VITB16 and self.registry.kind(request.base) is not ModelKind.SCRATCH:
+            problems.append(f"base {request.base!r} is not a model of this app; choose one of: "
+                            f"{', '.join(bases)}")
+        elif request.base not in bases:
             problems.append(f"base {request.base!r} is not a scratch ViT; fine-tune the "
                             f"{VITB16!r} base instead")
         estimate = estimate_s(request, self.device)

@@ -23,7 +23,7 @@ from ..examples import DOWNLOADING
 from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
-from ..registry import SCRATCH, VITB16, ModelKind
+from ..registry import SCRATCH, VITB16
 from .common import AppContext, user_errors, while_downloading
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
@@ -108,8 +108,8 @@ def form_defaults(base: str, device: str) -> list:
 def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
     """(label, key) pairs for the base-model dropdown: ViT-B/16, then every scratch ViT."""
     pairs = [(f"ViT-B/16, ImageNet-21k pretrained (timm {base_timm_name()})", VITB16)]
-    return pairs + [(ctx.registry.label(k), k) for k in ctx.registry.keys()
-                    if k != VITB16 and ctx.registry.kind(k) is ModelKind.SCRATCH]
+    return pairs + [(ctx.registry.label(k), k)
+                    for k in ctx.registry.finetune_bases() if k != VITB16]
 
 
 DOWNLOADING_NOTE = "CIFAR-10 is still downloading; a job can start when it is done."
