@@ -18,7 +18,7 @@ from .adapters import ModelKind
 from .card import AccuracyMetrics, Metrics, ModelCard, Origin, Recipe, Training, save_model
 from .checkpoint import default_weights_dir
 from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
-from .evaluate import model_metrics, param_count, confusion_png, store_metrics
+from .evaluate import confusion_png, model_metrics, param_count, store_metrics
 from .model import PRESETS, ViT, deepen
 from .registry import load_checkpoint
 from .train import Progress, TrainConfig, Trainer, evaluate
