@@ -18,7 +18,8 @@ def main() -> None:
     on_space = bool(os.environ.get("SPACE_ID"))
     download = os.environ.get("VIT_DEMO_DOWNLOAD_DATA", "1" if on_space else "0") == "1"
     ctx = create_context(download_data=download, cache_examples=on_space)
-    build_demo(ctx).launch(**launch_kwargs(ctx))
+    demo = build_demo(ctx)
+    demo.launch(**launch_kwargs(demo, ctx))
 
 
 if __name__ == "__main__":

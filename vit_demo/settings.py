@@ -17,6 +17,7 @@ from .inference import MAX_FILE_BYTES, MAX_PIXELS
 class Settings:
     max_pixels: int = MAX_PIXELS  # largest image (width x height) decoded, e.g. 6000 x 4000
     max_file_mb: int = MAX_FILE_BYTES // 2 ** 20  # largest upload, refused before any handler runs
+    cache_mb: int = 2048  # Gradio's folder of uploads and returned files: oldest deleted beyond it
     queue_size: int = 64  # requests waiting beyond this are refused at once ("queue full")
     max_job_s: int = 600  # a fine-tune's wall-clock budget: estimated before start, enforced after
     keep_finetuned: int = 3  # fine-tuned checkpoints kept on disk and in memory; oldest evicted
@@ -37,3 +38,7 @@ class Settings:
     @property
     def max_bytes(self) -> int:
         return self.max_file_mb * 2 ** 20
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache_mb * 2 ** 20

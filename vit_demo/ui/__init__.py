@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.middleware import Middleware
 
 from ..data import Split
 from ..examples import open_gallery
@@ -20,6 +21,7 @@ from ..inference import set_pixel_limit
 from ..registry import LOADING, SCRATCH, VITB16, Registry
 from ..settings import Settings
 from . import attention, classify, compare, finetune, inside
+from .cache_budget import CacheBudget
 from .common import (CSS, AppContext, default_choice, model_choices, share_image,
                      status_badges, status_details)
 
@@ -103,13 +105,16 @@ async def _refuse_nameless_uploads(request: Request, exc: TypeError) -> JSONResp
     return JSONResponse({"detail": "every uploaded file needs a file name"}, status_code=400)
 
 
-def launch_kwargs(ctx: AppContext) -> dict:
-    """``launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
-    (``allowed_paths``: their folder), never the shipped weights folder. The app is also an MCP
-    server (``/gradio_api/mcp/``): its public endpoints are tools an agent can call."""
+def launch_kwargs(demo: gr.Blocks, ctx: AppContext) -> dict:
+    """``demo.launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
+    (``allowed_paths``: their folder), never the shipped weights folder; its cache folder is
+    held to ``cache_mb``. The app is also an MCP server (``/gradio_api/mcp/``): its public
+    endpoints are tools an agent can call."""
     return {"max_file_size": ctx.settings.max_bytes, "css": CSS, "mcp_server": True,
             "allowed_paths": [str(ctx.store.folder.resolve())],
-            "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads}}}
+            "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads},
+                           "middleware": [Middleware(CacheBudget, demo=demo,
+                                                     budget_bytes=ctx.settings.cache_bytes)]}}
 
 
 def serve_locally(demo: gr.Blocks, ctx: AppContext) -> str:
@@ -118,5 +123,5 @@ def serve_locally(demo: gr.Blocks, ctx: AppContext) -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(ctx))
+                **launch_kwargs(demo, ctx))
     return f"http://127.0.0.1:{port}/"
