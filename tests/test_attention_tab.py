@@ -243,7 +243,11 @@ def test_rollout_api_scratch_equals_explain_and_vitb16_is_unavailable(settings, 
     args = {**DEFAULTS, **settings}
     drawn = overlay(pixels, heatmap, args["colormap"], args["opacity"], args["grid"])
     assert shown.shape == drawn.shape == (224, 224, 3)
-    np.testing.assert_allclose(shown, drawn, atol=1)
+    # The two maps agree to rtol 1e-3, so a patch whose value sits on the edge of one of the
+    # colormap's 256 levels may fall one level apart (at most ~4 per channel, times the
+    # opacity): rare, and never more.
+    diff = np.abs(shown.astype(int) - drawn.astype(int))
+    assert diff.max() <= 4 and (diff > 1).mean() < 1e-3
 
     assert right is None and not right_label
     assert values["vit-b16"]["available"] is False
