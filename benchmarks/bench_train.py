@@ -1,6 +1,7 @@
 """Training throughput: our ``Trainer`` on the scratch ViT vs a plain loop over timm's
-``VisionTransformer``, both at the shipped "cifar10-192x6/4" configuration (32 px, patch 4, width
-192, depth 6, 3 heads, MLP ratio 2), batch 128, AdamW, in the same process.
+``VisionTransformer``, both at one preset (default "cifar10-192x6/4": 32 px, patch 4, width
+192, depth 6, 3 heads, MLP ratio 2; ``--patch-drop`` sets PatchDropout on both), batch 128,
+AdamW, in the same process.
 
 Every step of every loop does the same work: pick a batch, random crop + flip, normalise,
 forward, label-smoothed cross entropy, backward, gradient clipping, AdamW. The images are
@@ -10,8 +11,8 @@ overhead. The three loops take turns for ``--rounds`` rounds and each reports it
 which keeps other load on the machine from favouring whichever loop ran first. Target: ours at
 most 1.1x slower than timm.
 
-    python benchmarks/bench_train.py [--steps N] [--warmup N] [--rounds N] [--threads N]
-                                     [--device cpu|cuda]
+    python benchmarks/bench_train.py [--preset NAME] [--patch-drop RATE] [--steps N]
+                                     [--warmup N] [--rounds N] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,7 +34,6 @@ from vit_demo.data import CIFAR10_DATA_CONFIG, Split, preprocess_batch, random_c
 from vit_demo.model import PRESETS, ViT, ViTConfig  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
-PRESET = "cifar10-192x6/4"
 TARGET = 1.1  # ours may be at most this many times slower than timm
 
 
@@ -44,7 +45,8 @@ def timm_vit(cfg: ViTConfig) -> nn.Module:
                              in_chans=cfg.in_chans, num_classes=cfg.num_classes,
                              global_pool="token" if cfg.pool == "cls" else "avg",
                              embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads,
-                             mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias)
+                             mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                             patch_drop_rate=cfg.patch_drop)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -92,6 +94,9 @@ def trainer_images_per_s(model: nn.Module, data: Split, batch_size: int, steps: 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="cifar10-192x6/4", choices=sorted(PRESETS))
+    parser.add_argument("--patch-drop", type=float, default=0.0,
+                        help="PatchDropout rate of both models (our ViTConfig.patch_drop)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them (>= 1)")
     parser.add_argument("--rounds", type=int, default=3, help="turns per loop; the best counts")
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = PRESETS[PRESET]
+    cfg = replace(PRESETS[args.preset], patch_drop=args.patch_drop)
     generator = torch.Generator().manual_seed(0)
     images = 4 * args.batch_size
     data = Split(torch.randint(0, 256, (images, cfg.image_size, cfg.image_size, cfg.in_chans),
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         device))
     best = {name: max(r) for name, r in rounds.items()}
     result = {
-        "preset": PRESET, "device": str(device), "threads": torch.get_num_threads(),
+        "preset": args.preset, "patch_drop": args.patch_drop, "device": str(device), "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
         "rounds": args.rounds,
         "images_per_s": {name: round(v, 1) for name, v in best.items()},

@@ -89,6 +89,11 @@ def test_recipe_words_come_from_the_config():
         "random-resized crop (area 0.35-1) + horizontal flip, mixup (alpha 0.2) or cutmix "
         "(alpha 1) per batch")
     assert Recipe.of(resized, 1, 0, "cuda").precision == "bf16 autocast"
+    assert Recipe.of(replace(resized, mixup=0.0, policy="autoaugment"), 1, 0, "cpu").augment == (
+        "random-resized crop (area 0.35-1) + horizontal flip + autoaugment per image, cutmix "
+        "(alpha 1) per batch")
+    with pytest.raises(ValueError, match="unknown policy 'augmix'"):
+        TrainConfig(policy="augmix")
     assert Recipe.of(TrainConfig(augment=False, cutmix=1.0), 1, 0, "cpu").augment == \
         "cutmix (alpha 1) per batch"
     assert Recipe.of(TrainConfig(augment=False), 1, 0, "cpu").augment == "none"

@@ -46,11 +46,12 @@ def test_train_options_give_back_the_train_config(capsys):
         "train --preset cifar10-192x9/4 --init-from vit-scratch-cifar10 --epochs 12 "
         "--warmup-epochs 1 --lr 5e-4 --batch-size 128 --crop resized --crop-scale 0.35 "
         "--mixup 0.2 --no-augment --compile --max-steps 9 --threads 2 --data-dir D --out O "
-        "--resume R --name N".split())
+        "--resume R --name N --policy autoaugment --drop-path 0.1 --patch-drop 0.5".split())
     assert config_from_args(TrainConfig, args) == TrainConfig(
         epochs=12, warmup_epochs=1, lr=5e-4, batch_size=128, crop="resized", crop_scale=0.35,
-        mixup=0.2, augment=False, compile=True, max_steps=9)
+        mixup=0.2, augment=False, compile=True, max_steps=9, policy="autoaugment")
     assert (args.preset, args.init_from, args.threads, args.data_dir, args.out, args.resume,
-            args.name) == ("cifar10-192x9/4", "vit-scratch-cifar10", 2, "D", Path("O"), Path("R"), "N")
+            args.name, args.drop_path, args.patch_drop) == (
+        "cifar10-192x9/4", "vit-scratch-cifar10", 2, "D", Path("O"), Path("R"), "N", 0.1, 0.5)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--crop", "square"])

@@ -21,7 +21,8 @@ def timm_twin(cfg: ViTConfig) -> VisionTransformer:
     model = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size,
                               num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth,
                               num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                              global_pool="token" if cfg.pool == "cls" else "avg")
+                              global_pool="token" if cfg.pool == "cls" else "avg",
+                              patch_drop_rate=cfg.patch_drop)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)
@@ -69,6 +70,34 @@ def test_logits_and_attention_equal_timm(name):
     for a, b in zip(attns, expected_attn):
         assert a.shape == (batch, cfg.heads, 1 + rows * cols, 1 + rows * cols)
         assert (a - b).abs().max() < 1e-5
+
+
+def test_patch_dropout_equals_timms_in_training_and_is_off_in_eval():
+    torch.manual_seed(0)
+    cfg = replace(CONFIGS["cifar-cls"], patch_drop=0.5)
+    reference = timm_twin(cfg).train()
+    ours = ViT(cfg).train()
+    ours.load_state_dict(convert_timm_state_dict(reference.state_dict(), cfg))
+    tokens = []
+    ours.blocks[0].register_forward_hook(lambda m, inp, out: tokens.append(inp[0].shape[1]))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = reference(x)
+        torch.manual_seed(1)
+        got = ours(x)
+        torch.manual_seed(2)
+        other = ours(x)
+        full = ours.eval()(x)
+        full_reference = timm_twin(replace(cfg, patch_drop=0.0))
+        full_reference.load_state_dict(reference.state_dict())
+        expected_full = full_reference(x)
+    assert (got - expected).abs().max() < 1e-4
+    assert (other - got).abs().max() > 1e-3  # another draw keeps other patches
+    assert tokens == [1 + 32, 1 + 32, 1 + 64]  # [CLS] and half the 8x8 patches; all in eval
+    assert (full - expected_full).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="patch_drop"):
+        replace(cfg, patch_drop=1.0)
 
 
 def test_converter_refuses_weights_it_cannot_represent():

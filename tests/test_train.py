@@ -24,12 +24,14 @@ from vit_demo.adapters import ModelKind
 from vit_demo.card import ModelCard, load_model_tensors, read_card, rewrite_card, save_model
 from vit_demo.checkpoint import CheckpointError, load_tensors
 from vit_demo.cli import main
-from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, Split, crop_flip_draws, mix_batch,
-                           preprocess_batch, random_crop_flip, random_resized_crop_flip,
-                           resized_crop_flip_draws, train_val_split)
+from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, POLICIES, Split, augment_policy,
+                           crop_flip_draws, mix_batch, preprocess_batch, random_crop_flip,
+                           random_resized_crop_flip, resized_crop_flip_draws, train_val_split)
 from vit_demo.model import PRESETS, ViT, ViTConfig
 from vit_demo.registry import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
+
+from conftest import save_tiny_scratch
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "cifar10-64x2/4"
@@ -193,6 +195,45 @@ def test_random_crop_flip_matches_a_per_image_reference(cifar_train: Split, pad:
     assert got.dtype == torch.uint8 and got.shape == x.shape
     expected = reference_crop_flip(x.numpy(), dy.numpy(), dx.numpy(), flip.numpy(), pad)
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "randaugment", "trivialaugment"])
+def test_augment_policy_draws_for_each_image_from_the_generator_alone(cifar_train: Split, policy: str):
+    x = cifar_train.x[:1].repeat(32, 1, 1, 1)  # 32 copies of one image
+    global_state = torch.get_rng_state()
+    got = augment_policy(x, torch.Generator().manual_seed(5), policy)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(got, augment_policy(x, torch.Generator().manual_seed(5), policy))
+    assert got.dtype == torch.uint8 and got.shape == x.shape
+    assert len({image.numpy().tobytes() for image in got}) > 8  # drawn per image: 1 if per batch
+    # torchvision's policy on each (C, H, W) image, its global generator seeded as documented
+    torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=torch.Generator().manual_seed(5))))
+    expected = torch.stack([POLICIES[policy](image.permute(2, 0, 1)) for image in x])
+    torch.set_rng_state(global_state)
+    np.testing.assert_array_equal(got.numpy(), expected.permute(0, 2, 3, 1).numpy())
+    generator = torch.Generator().manual_seed(5)
+    assert augment_policy(x, generator, "none") is x
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_train_command_continues_a_checkpoint_with_the_regularizers_in_its_card(data_dir: str,
+                                                                                tmp_path: Path):
+    start = save_tiny_scratch(tmp_path, "start")
+    assert main(["train", "--preset", "cifar10-64x2/4", "--init-from", "start", "--out", str(tmp_path),
+                 "--epochs", "1", "--batch-size", "32", "--train-images", "64", "--val-images", "0",
+                 "--lr", "0", "--min-lr", "0", "--crop", "resized", "--policy", "trivialaugment",
+                 "--drop-path", "0.1", "--patch-drop", "0.5", "--data-dir", data_dir,
+                 "--name", "next"]) == 0
+    card = read_card(tmp_path, "next")
+    assert (card.model_config.drop_path, card.model_config.patch_drop) == (0.1, 0.5)
+    assert card.model_config == dataclasses.replace(start.cfg, drop_path=0.1, patch_drop=0.5)
+    assert card.recipe.config.policy == "trivialaugment"
+    assert "trivialaugment per image" in card.recipe.augment
+    assert (card.origin.name, card.origin.how) == ("start", "trained further, same architecture")
+    assert card.training.history == ()
+    tensors, _ = load_model_tensors(tmp_path, "next")
+    for key, value in start.state_dict().items():  # learning rate 0: the start's weights, kept
+        torch.testing.assert_close(tensors[key], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mix", [{}, {"mixup": 0.8, "cutmix": 1.0}])

@@ -65,7 +65,9 @@ def cmd_train(args) -> None:
 
     device = _setup_distributed()
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    model_cfg = PRESETS[args.preset]
+    regularizers = {k: v for k, v in (("drop_path", args.drop_path), ("patch_drop", args.patch_drop))
+                    if v is not None}
+    model_cfg = replace(PRESETS[args.preset], **regularizers)
     cfg = config_from_args(TrainConfig, args)
     train, val = train_val_split(load_cifar10("train", args.data_dir))
     if args.train_images:
@@ -76,9 +78,9 @@ def cmd_train(args) -> None:
     model, origin = ViT(model_cfg), None
     if args.init_from:
         start, _, _, start_card = load_checkpoint(args.out or default_weights_dir(), args.init_from)
-        if replace(start.cfg, depth=model_cfg.depth) != model_cfg:
+        if replace(start.cfg, depth=model_cfg.depth, **regularizers) != model_cfg:
             raise SystemExit(f"{args.init_from} is not the preset {args.preset} but for its depth")
-        model = deepen(start, model_cfg.depth)
+        model.load_state_dict(deepen(start, model_cfg.depth).state_dict())
         how = (f"model.deepen: {start.cfg.depth} to {model_cfg.depth} blocks"
                if start.cfg.depth != model_cfg.depth else "trained further, same architecture")
         origin = Origin.of(start_card, how=how, training=start_card.training)
@@ -184,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
                    "weights folder (deepened to the preset's depth when it is shallower)")
     add_config_options(p, TrainConfig)
+    p.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth rate of the last block (default: the preset's, 0)")
+    p.add_argument("--patch-drop", type=float, default=None, help="fraction of patch tokens "
+                   "dropped per image in training, PatchDropout (default: the preset's, 0)")
     p.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     p.add_argument("--val-images", type=int, default=None,
                    help="validate on only the first N validation images (0: no validation)")

@@ -11,10 +11,12 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -176,6 +178,31 @@ def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator,
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out.permute(0, 2, 3, 1)  # (B, H, W, C)
     return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out
+
+
+Policy = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
+POLICIES: dict[str, v2.Transform] = {  # torchvision's image policies, by the name a recipe gives
+    "autoaugment": v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),  # Cubuk et al. 2019, CIFAR-10 policy
+    "randaugment": v2.RandAugment(),  # Cubuk et al. 2020: 2 ops, magnitude 9 of 31
+    "trivialaugment": v2.TrivialAugmentWide(),  # Muller & Hutter 2021: 1 op, random magnitude
+}
+
+
+def augment_policy(x: torch.Tensor, generator: torch.Generator, policy: Policy) -> torch.Tensor:
+    """torchvision's ``policy`` drawn for each image of a uint8 (B, H, W, C) batch on its own.
+
+    torchvision draws from torch's global generator; here it draws inside ``fork_rng`` from a
+    seed taken from ``generator``, so the result depends on ``generator`` alone.
+    """
+    if policy == "none":
+        return x
+    transform = POLICIES[policy]
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        images = x.permute(0, 3, 1, 2).cpu()  # (B, C, H, W), as torchvision takes them
+        out = torch.stack([transform(image) for image in images])
+    return out.permute(0, 2, 3, 1).to(x.device)  # (B, H, W, C)
 
 
 @dataclass(frozen=True)

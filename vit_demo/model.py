@@ -30,13 +30,16 @@ class ViTConfig:
     dropout: float = 0.0  # dropout after the position embedding, the attention projection and the MLP
     attn_dropout: float = 0.0  # dropout on the attention probabilities
     drop_path: float = 0.0  # stochastic depth rate of the last block, linear from 0 at the first
+    patch_drop: float = 0.0  # fraction of patch tokens dropped per image in training (PatchDropout)
     norm_eps: float = 1e-6  # LayerNorm epsilon (timm's value)
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size or self.dim % self.heads or self.pool not in ("cls", "mean"):
+        if (self.image_size % self.patch_size or self.dim % self.heads or self.pool not in ("cls", "mean")
+                or not 0.0 <= self.patch_drop < 1.0):
             raise ValueError(f"invalid ViTConfig: image_size ({self.image_size}) must be a multiple of "
                              f"patch_size ({self.patch_size}), dim ({self.dim}) a multiple of heads "
-                             f"({self.heads}), and pool ({self.pool!r}) 'cls' or 'mean'")
+                             f"({self.heads}), pool ({self.pool!r}) 'cls' or 'mean', and patch_drop "
+                             f"({self.patch_drop}) in [0, 1)")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -112,6 +115,18 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+def patch_dropout(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """PatchDropout (Liu et al. 2022): in training, keep a random ``1 - rate`` of each image's patch
+    tokens (in random order) and the [CLS] token in front; training gets cheaper in proportion."""
+    if rate == 0.0 or not training:
+        return x
+    cls, patches = x[:, :1], x[:, 1:]
+    B, N, C = patches.shape
+    keep = torch.randn(B, N, device=x.device).argsort(dim=-1)[:, :max(1, int(N * (1.0 - rate)))]
+    patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, C))  # (B, kept, dim)
+    return torch.cat([cls, patches], dim=1)  # (B, 1+kept, dim)
+
+
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample, rescale the survivors."""
     if rate == 0.0 or not training:
@@ -182,6 +197,7 @@ class ViT(nn.Module):
         x = self.patch_embed(x)  # (B, N, dim)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
         x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, 1+N, dim)
+        x = patch_dropout(x, self.cfg.patch_drop, self.training)  # (B, 1+kept, dim) in training
         attns = []
         for block in self.blocks:
             x, attn = block(x, return_attention)

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_tensors, save_tensors
-from .data import (DataConfig, Split, mix_batch, preprocess_batch, random_crop_flip,
-                   random_resized_crop_flip)
+from .data import (DataConfig, Policy, Split, augment_policy, mix_batch, preprocess_batch,
+                   random_crop_flip, random_resized_crop_flip)
 
 
 OPTIMIZER = "AdamW"  # what ``Trainer`` steps with, in a card's words
@@ -47,6 +47,7 @@ class TrainConfig:
     augment: bool = True  # a random crop and a horizontal flip, per batch
     crop: Crop = "pad"  # "pad": reflect-pad 4 px, crop 32 px; "resized": random-resized crop
     crop_scale: float = 0.35  # smallest area fraction a "resized" crop keeps
+    policy: Policy = "none"  # after the crop, a torchvision policy drawn per image (autoaugment: CIFAR-10's)
     mixup: float = 0.0  # Beta(alpha, alpha) blend of image pairs and their labels; 0: off
     cutmix: float = 0.0  # Beta(alpha, alpha) box pasted from another image; 0: off
     seed: int = 0
@@ -59,6 +60,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.crop not in get_args(Crop):
             raise ValueError(f"unknown crop {self.crop!r}: use one of {', '.join(get_args(Crop))}")
+        if self.policy not in get_args(Policy):
+            raise ValueError(f"unknown policy {self.policy!r}: use one of {', '.join(get_args(Policy))}")
 
     def describe(self) -> dict[str, str]:
         """The augmentation, optimizer and schedule of this config in words (for a card)."""
@@ -66,7 +69,8 @@ class TrainConfig:
                 else "random crop (reflect pad 4)")
         mixes = [f"{name} (alpha {alpha:g})" for name, alpha in (("mixup", self.mixup),
                                                                  ("cutmix", self.cutmix)) if alpha > 0]
-        words = ([f"{crop} + horizontal flip"] if self.augment else []) + (
+        policy = f" + {self.policy} per image" if self.policy != "none" else ""
+        words = ([f"{crop} + horizontal flip{policy}"] if self.augment else []) + (
             [" or ".join(mixes) + " per batch"] if mixes else [])
         return {"augment": ", ".join(words) or "none", "optimizer": OPTIMIZER, "schedule": SCHEDULE}
 
@@ -260,6 +264,7 @@ class Trainer:
         if self.cfg.augment:
             x = (random_resized_crop_flip(x, generator, (self.cfg.crop_scale, 1.0))
                  if self.cfg.crop == "resized" else random_crop_flip(x, generator))
+            x = augment_policy(x, generator, self.cfg.policy)
         x, y = preprocess_batch(x, self.data_cfg), self.train.y[idx].to(self.device)
         partner, lam = None, 1.0
         if self.cfg.mixup > 0 or self.cfg.cutmix > 0:
