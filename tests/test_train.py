@@ -236,6 +236,28 @@ def test_train_command_continues_a_checkpoint_with_the_regularizers_in_its_card(
         torch.testing.assert_close(tensors[key], value, rtol=0, atol=0)
 
 
+def test_train_command_resumes_only_the_training_and_model_it_was_started_with(data_dir: str,
+                                                                             tmp_path: Path):
+    state = tmp_path / "state.safetensors"
+
+    def train(*extra: str) -> int:
+        return main(["train", "--preset", "cifar10-64x2/4", "--epochs", "1", "--batch-size", "32",
+                     "--train-images", "128", "--val-images", "0", "--data-dir", data_dir, "--resume", str(state), *extra])
+
+    assert train("--max-steps", "1", "--drop-path", "0.1") == 0
+    _, meta = load_tensors(state)
+    assert meta["step"] == 1 and meta["model_config"]["drop_path"] == 0.1
+    with pytest.raises(ValueError, match=r"another model config.*'patch_drop': \(0\.0, 0\.5\)"):
+        train("--max-steps", "2", "--drop-path", "0.1", "--patch-drop", "0.5")
+    with pytest.raises(ValueError, match=r"another model config.*'drop_path': \(0\.1, 0\.0\)"):
+        train("--max-steps", "2")
+    with pytest.raises(ValueError, match=r"another training config.*'lr': \(0\.001, 0\.002\)"):
+        train("--max-steps", "2", "--drop-path", "0.1", "--lr", "2e-3")
+    assert load_tensors(state)[1]["step"] == 1  # the refused runs wrote nothing
+    assert train("--max-steps", "2", "--drop-path", "0.1") == 0  # a longer stop is not the maths
+    assert load_tensors(state)[1]["step"] == 2
+
+
 @pytest.mark.parametrize("mix", [{}, {"mixup": 0.8, "cutmix": 1.0}])
 def test_trainer_splits_the_global_batch_by_rank(cifar_train: Split, mix: dict):
     cfg = TrainConfig(epochs=1, batch_size=32, crop="resized", **mix)

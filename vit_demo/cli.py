@@ -95,7 +95,7 @@ def cmd_train(args) -> None:
                       f"val accuracy {p.val_accuracy:.4f}")
 
     trainer = Trainer(model, CIFAR10_DATA_CONFIG, train, cfg, val=val if len(val) else None,
-                      device=device, state_path=args.resume, callback=report)
+                      device=device, state_path=args.resume, callback=report, model_config=model_cfg)
     already = trainer.step
     result = trainer.run()
     bar.close()

@@ -109,6 +109,13 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: flo
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def _differences(saved: dict, now: dict) -> dict:
+    """The settings both dicts name, outside ``_NOT_IN_THE_MATHS``, whose values differ:
+    {name: (saved, now)}. A setting only one names (added or removed since) is not compared."""
+    return {k: (v, now[k]) for k, v in saved.items()
+            if k in now and k not in _NOT_IN_THE_MATHS and v != now[k]}
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2 ** 63)
 
@@ -179,7 +186,9 @@ class Trainer:
     """Trains ``model`` on ``train`` (uint8 images) with ``cfg``; see the module docstring.
 
     ``state_path``: a safetensors file holding model, optimizer and step, rewritten
-    atomically every ``cfg.checkpoint_every`` steps and at the end; an existing one is resumed.
+    atomically every ``cfg.checkpoint_every`` steps and at the end; an existing one is resumed,
+    and must have been written with the same ``cfg`` (but for the settings outside the maths)
+    and the same ``model_config`` (a dataclass such as ``ViTConfig``, when given).
     ``callback(progress)``: called on rank 0 after every step. ``cancel``: checked before
     every step and between validation batches; a set event ends the run there without
     writing state.
@@ -188,8 +197,10 @@ class Trainer:
     def __init__(self, model: nn.Module, data_cfg: DataConfig, train: Split, cfg: TrainConfig,
                  val: Split | None = None, device: torch.device | str = "cpu",
                  state_path: Path | None = None, callback: Callable[[Progress], None] | None = None,
-                 cancel: threading.Event | None = None, head: str = "head"):
+                 cancel: threading.Event | None = None, head: str = "head",
+                 model_config: object | None = None):
         self.device = torch.device(device)
+        self.model_config = asdict(model_config) if model_config is not None else None
         self.model = model.to(self.device)
         self.data_cfg, self.train, self.val, self.cfg = data_cfg, train, val, cfg
         self.state_path = Path(state_path) if state_path else None
@@ -232,16 +243,17 @@ class Trainer:
             for k, v in state.items():
                 tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         save_tensors(self.state_path, tensors, {"step": self.step, "total_steps": self.total_steps,
-                                                "history": self.history, "config": asdict(self.cfg)})
+                                                "history": self.history, "config": asdict(self.cfg),
+                                                "model_config": self.model_config})
 
     def _load_state(self) -> None:
         tensors, meta = load_tensors(self.state_path)
-        mine = asdict(self.cfg)
-        differ = {k: (v, mine[k]) for k, v in meta["config"].items()
-                  if k in mine and k not in _NOT_IN_THE_MATHS and v != mine[k]}
-        if differ:
-            raise ValueError(f"{self.state_path} was written by another training config "
-                             f"(saved, now): {differ}")
+        for what, saved, now in (("training config", meta["config"], asdict(self.cfg)),
+                                 ("model config", meta.get("model_config"), self.model_config)):
+            differ = _differences(saved or {}, now or {})
+            if differ:
+                raise ValueError(f"{self.state_path} was written with another {what} "
+                                 f"(saved, now): {differ}")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         opt = {**self.optimizer.state_dict(), "state": {}}
         for key, v in tensors.items():
