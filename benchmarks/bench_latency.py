@@ -24,14 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict  # noqa: E402
-
-
-def timm_at(cfg: ViTConfig) -> VisionTransformer:
-    return VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size,
-                             num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth,
-                             num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                             global_pool="token" if cfg.pool == "cls" else "avg").eval()
+from vit_demo.model import PRESETS, ViT, convert_timm_state_dict, timm_kwargs  # noqa: E402
 
 
 def paired_medians(a, b, x: torch.Tensor, runs: int, warmup: int = 10) -> tuple[float, float]:
@@ -49,7 +42,7 @@ def paired_medians(a, b, x: torch.Tensor, runs: int, warmup: int = 10) -> tuple[
 
 def model_vs_timm(preset: str, runs: int) -> dict:
     cfg = PRESETS[preset]
-    reference = timm_at(cfg)
+    reference = VisionTransformer(**timm_kwargs(cfg)).eval()
     ours = ViT(cfg).eval()
     ours.load_state_dict(convert_timm_state_dict(reference.state_dict(), cfg))
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size)

@@ -27,26 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vit_demo.data import CIFAR10_DATA_CONFIG, Split, preprocess_batch, random_crop_flip  # noqa: E402
-from vit_demo.model import PRESETS, ViT, ViTConfig  # noqa: E402
+from vit_demo.model import PRESETS, ViT, timm_kwargs  # noqa: E402
 from vit_demo.train import Progress, TrainConfig, Trainer  # noqa: E402
 
 TARGET = 1.1  # ours may be at most this many times slower than timm
-
-
-def timm_vit(cfg: ViTConfig) -> nn.Module:
-    """timm's ``VisionTransformer`` with the same architecture as ``ViT(cfg)``."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    return VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size,
-                             in_chans=cfg.in_chans, num_classes=cfg.num_classes,
-                             global_pool="token" if cfg.pool == "cls" else "avg",
-                             embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads,
-                             mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                             patch_drop_rate=cfg.patch_drop)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -117,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                  torch.randint(0, cfg.num_classes, (images,), generator=generator))
 
     torch.manual_seed(0)
-    loops = {"timm_plain_loop": (plain_images_per_s, timm_vit(cfg)),
+    loops = {"timm_plain_loop": (plain_images_per_s, VisionTransformer(**timm_kwargs(cfg))),
              "ours_plain_loop": (plain_images_per_s, ViT(cfg)),
              "ours_trainer": (trainer_images_per_s, ViT(cfg))}
     rounds: dict[str, list[float]] = {name: [] for name in loops}

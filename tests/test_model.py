@@ -12,17 +12,13 @@ from vit_demo.adapters import ModelKind
 from vit_demo.card import ModelCard, load_model_tensors, read_card, save_model
 from vit_demo.checkpoint import CheckpointError
 from vit_demo.data import CIFAR10_DATA_CONFIG
-from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, deepen
+from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, deepen, timm_kwargs
 from vit_demo.registry import Registry, load_checkpoint
 
 
 def timm_twin(cfg: ViTConfig) -> VisionTransformer:
     """timm's ViT at our configuration, with random (not default-initialised) weights."""
-    model = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size,
-                              num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth,
-                              num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
-                              global_pool="token" if cfg.pool == "cls" else "avg",
-                              patch_drop_rate=cfg.patch_drop)
+    model = VisionTransformer(**timm_kwargs(cfg))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.05)

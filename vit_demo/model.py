@@ -1,8 +1,8 @@
 """A Vision Transformer written from scratch (Dosovitskiy et al. 2020), torch only.
 
 The module layout and parameter names follow timm's ``VisionTransformer`` so that a timm
-state_dict of the same configuration converts onto this model (``convert_timm_state_dict``)
-and the two can be checked against each other.
+state_dict of the same configuration converts onto this model (``convert_timm_state_dict``,
+timm's model built with ``timm_kwargs``) and the two can be checked against each other.
 """
 
 from __future__ import annotations
@@ -241,6 +241,17 @@ def deepen(model: ViT, depth: int) -> ViT:
     missing = deeper.load_state_dict(state, strict=False).missing_keys
     assert all(k.startswith("blocks.") for k in missing), missing
     return deeper
+
+
+def timm_kwargs(cfg: ViTConfig) -> dict:
+    """The keyword arguments of timm's ``VisionTransformer`` that build ``ViT(cfg)``'s
+    architecture, regularizers included; its weights convert with ``convert_timm_state_dict``."""
+    return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans,
+                num_classes=cfg.num_classes, global_pool="token" if cfg.pool == "cls" else "avg",
+                embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                qkv_bias=cfg.qkv_bias, pos_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout,
+                attn_drop_rate=cfg.attn_dropout, drop_path_rate=cfg.drop_path,
+                patch_drop_rate=cfg.patch_drop)
 
 
 def convert_timm_state_dict(state_dict: dict[str, torch.Tensor], cfg: ViTConfig
