@@ -7,10 +7,13 @@ folder; ViT-B/16 is not loaded), or uses a running app given by ``--url`` (loopb
 ``/classify`` requests back to back, uploading CIFAR-10 test images (random images when the
 data set is absent). Every request must succeed. Reports per round: throughput, p50/p95
 latency, and the server process's resident memory (RSS) after the round, with its growth.
-In-process, the RSS includes the clients, which are created once and reused.
+In-process, the RSS includes the clients, which are created once and reused. ``--trace``
+(in-process only) also follows the Python objects with ``tracemalloc`` from the end of round 1
+to the end of the last round, and prints how much they grew and the lines that allocated most
+of it; the timings of a traced run are slower and not comparable.
 
 Run: ``python benchmarks/bench_load.py [--rounds N] [--clients N] [--requests N]
-[--url URL --pid PID] [--threads N]``; exits 1 if any request failed.
+[--url URL --pid PID] [--threads N] [--trace]``; exits 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -130,6 +134,22 @@ def client_loop(client, images: list[Path], offset: int, requests: int, start: t
     return latencies, errors
 
 
+def python_growth(first: tracemalloc.Snapshot, last: tracemalloc.Snapshot, top: int = 6
+                  ) -> tuple[int, list[tuple[int, str]]]:
+    """Bytes of Python objects allocated between two snapshots and not freed, and the ``top``
+    lines (innermost frame outside the standard library) that allocated the most of them."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    diff = last.filter_traces(ignore).compare_to(first.filter_traces(ignore), "traceback")
+    by_line: dict[str, int] = {}
+    for stat in diff:
+        frames = [f for f in stat.traceback if "site-packages" in f.filename
+                  or str(REPO) in f.filename] or list(stat.traceback)
+        where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}"
+        by_line[where] = by_line.get(where, 0) + stat.size_diff
+    lines = sorted(((size, where) for where, size in by_line.items()), reverse=True)[:top]
+    return sum(stat.size_diff for stat in diff), lines
+
+
 def run_round(clients: list, images: list[Path], requests: int) -> dict:
     """All clients at once; throughput, latency percentiles and failures of this round."""
     start = threading.Barrier(len(clients) + 1)
@@ -162,9 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default "
                         "$VIT_DEMO_DATA_DIR or torchvision's cache; random images without it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in-process")
+    parser.add_argument("--trace", action="store_true", help="follow the Python objects' growth "
+                        "(tracemalloc) from round 1 to the last (in-process only; slower)")
     args = parser.parse_args(argv)
     if min(args.rounds, args.clients, args.requests) < 1 or args.clients * args.requests > 10_000:
         parser.error("rounds, clients and requests must be >= 1, clients x requests <= 10000")
+    if args.trace and (args.url or args.rounds < 2):
+        parser.error("--trace needs the app in this process and at least 2 rounds")
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
         parser.error(f"--url must point at this machine ({', '.join(LOOPBACK)})")
     if args.threads is not None:
@@ -191,10 +215,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{args.rounds} rounds, torch {torch.get_num_threads()} threads")
         print(f"{'round':>5} {'ok':>6} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
               f"{'max ms':>8} {'RSS MiB':>8} {'growth':>7}")
-        rounds = []
+        rounds, snapshots = [], []
+        if args.trace:
+            tracemalloc.start(12)
         for r in range(1, args.rounds + 1):
             result = run_round(clients, images, args.requests)
             gc.collect()
+            if args.trace and r in (1, args.rounds):
+                snapshots.append(tracemalloc.take_snapshot())
             result["rss_mb"] = rss_mb(pid) if pid else None
             previous = rounds[-1]["rss_mb"] if rounds else None
             result["rss_growth_mb"] = (result["rss_mb"] - previous
@@ -218,6 +246,15 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = "all requests succeeded" if summary["failed"] == 0 else f"{summary['failed']} FAILED"
     growth = summary["rss_growth_first_to_last_mb"]
     print(verdict + ("" if growth is None else f"; RSS growth round 1 -> {len(rss)}: {growth:+.1f} MiB"))
+    if snapshots:
+        total, lines = python_growth(*snapshots)
+        tracemalloc.stop()
+        requests = (args.rounds - 1) * args.clients * args.requests
+        summary["python_growth_bytes"], summary["python_growth_by_line"] = total, lines
+        print(f"Python objects, round 1 -> {args.rounds}: {total / 1024:+.1f} KiB "
+              f"({total / requests:+.0f} B a request); most from:")
+        for size, where in lines:
+            print(f"  {size / 1024:+8.1f} KiB  {where}")
     return summary
 
 

@@ -62,6 +62,23 @@ def test_classify_api_scratch_matches_direct_forward(client, app, cifar_test, tm
         assert " ms" in notes
 
 
+def test_requests_do_not_rebuild_gradios_analytics_table(client, cifar_test, tmp_path,
+                                                         monkeypatch):
+    """Gradio's queue rebuilds a DataFrame of its last 10,000 events after each event unless
+    told otherwise (GRADIO_ANALYTICS_CACHE_FREQUENCY); the app tells it once per 1,000."""
+    from gradio.queueing import Queue
+
+    built = []
+    original = Queue._get_df
+    monkeypatch.setattr(Queue, "_get_df", staticmethod(lambda records: built.append(
+        len(records)) or original(records)))
+    path = _save_png(tmp_path, cifar_test.x[0], "0.png")
+    for _ in range(3):
+        left, _, _ = client.predict(handle_file(str(path)), "scratch", api_name="/classify")
+        assert left["label"] in CLASSES
+    assert built == []
+
+
 def test_classify_both_without_hub_reports_vitb16_unavailable(client, cifar_test, tmp_path):
     path = _save_png(tmp_path, cifar_test.x[3])
     left, right, notes = client.predict(handle_file(str(path)), "both", api_name="/classify")

@@ -26,6 +26,10 @@ from .common import (CSS, AppContext, default_choice, model_choices, share_image
                      status_badges, status_details)
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
+# Gradio summarises its per-event analytics (a pandas DataFrame of up to 10,000 events) after
+# every event by default, for a monitoring page this app does not turn on: 3-13 ms of CPU a
+# request (benchmarks/bench_analytics.py). Its queue reads how often from this variable.
+ANALYTICS_ENV, ANALYTICS_EVERY = "GRADIO_ANALYTICS_CACHE_FREQUENCY", 1000
 
 
 def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
@@ -93,6 +97,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             return [asdict(s) for s in registry.statuses()]
 
         gr.api(status, api_name="status")
+    os.environ.setdefault(ANALYTICS_ENV, str(ANALYTICS_EVERY))  # a deployment's own value wins
     demo.queue(max_size=ctx.settings.queue_size)
     return demo
 
