@@ -27,7 +27,7 @@ from .common import (CSS, AppContext, default_choice, model_choices, share_image
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
 # Gradio summarises its per-event analytics (a pandas DataFrame of up to 10,000 events) after
-# every event by default, for a monitoring page this app does not turn on: 3-13 ms of CPU a
+# every event by default, for a monitoring page this app does not turn on: 8-35 ms of CPU a
 # request (benchmarks/bench_analytics.py). Its queue reads how often from this variable.
 ANALYTICS_ENV, ANALYTICS_EVERY = "GRADIO_ANALYTICS_CACHE_FREQUENCY", 1000
 
