@@ -24,9 +24,10 @@ from vit_demo.adapters import ModelKind
 from vit_demo.card import ModelCard, load_model_tensors, read_card, rewrite_card, save_model
 from vit_demo.checkpoint import CheckpointError, load_tensors
 from vit_demo.cli import main
-from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, POLICIES, Split, augment_policy,
-                           crop_flip_draws, mix_batch, preprocess_batch, random_crop_flip,
-                           random_resized_crop_flip, resized_crop_flip_draws, train_val_split)
+from vit_demo.data import (CIFAR10_DATA_CONFIG, CLASSES, POLICIES, SPLIT_SEED, Split,
+                           augment_policy, crop_flip_draws, mix_batch, preprocess_batch,
+                           random_crop_flip, random_resized_crop_flip, resized_crop_flip_draws,
+                           train_val_split)
 from vit_demo.model import PRESETS, ViT, ViTConfig
 from vit_demo.registry import load_checkpoint
 from vit_demo.train import Progress, TrainConfig, Trainer, lr_at
@@ -456,6 +457,28 @@ def test_evaluate_command(overfit: dict, overfit_weights: Path, cifar_test: Spli
         image.verify()
     with Image.open(png) as image:
         assert image.format == "PNG" and min(image.size) > 100
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_evaluate_command_on_the_training_run_split(split: str, overfit: dict, overfit_weights: Path,
+                                                    cifar_train: Split, data_dir: str,
+                                                    tmp_path: Path, capsys):
+    before = (overfit_weights / "tiny.json").read_bytes()
+    with pytest.raises(SystemExit, match="--split test only"):
+        main(["evaluate", "--name", "tiny", "--weights-dir", str(overfit_weights),
+              "--split", split, "--update-card", "--data-dir", data_dir])
+    assert main(["evaluate", "--name", "tiny", "--weights-dir", str(overfit_weights),
+                 "--split", split, "--limit", "200", "--png", str(tmp_path / "c.png"),
+                 "--data-dir", data_dir]) == 0
+    printed = capsys.readouterr().out
+    # the training run's split written out: the first 5,000 of the seeded permutation validate
+    perm = torch.randperm(len(cifar_train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    rows = perm[5000:] if split == "train" else perm[:5000]
+    with torch.inference_mode():
+        pred = overfit["model"](preprocess_batch(cifar_train.x[rows[:200]], CIFAR10_DATA_CONFIG))
+    expected = (pred.argmax(-1) == cifar_train.y[rows[:200]]).double().mean().item()
+    assert f"tiny: {split} accuracy {expected:.4f} (200 images, the first 200 of {len(rows)})" in printed
+    assert (overfit_weights / "tiny.json").read_bytes() == before
 
 
 def test_rewrite_card_refuses_another_tensors_entry(overfit_weights: Path):

@@ -118,15 +118,21 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     """Evaluate checkpoint ``args.name`` on the CPU; print, draw and optionally store the metrics."""
     weights_dir = args.weights_dir or default_weights_dir()
+    if args.update_card and args.split != "test":
+        raise SystemExit("--update-card stores test-set metrics: it goes with --split test only")
     model, _, data_cfg, card = load_checkpoint(weights_dir, args.name)
-    test = load_cifar10("test", args.data_dir)
-    full = len(test)
+    if args.split == "test":
+        data = load_cifar10("test", args.data_dir)
+    else:
+        train, val = train_val_split(load_cifar10("train", args.data_dir))
+        data = train if args.split == "train" else val
+    full = len(data)
     if args.limit:
-        test = test.subset(torch.arange(min(args.limit, full)))
-    metrics = model_metrics(model, test, data_cfg, len(card.classes))
+        data = data.subset(torch.arange(min(args.limit, full)))
+    metrics = model_metrics(model, data, data_cfg, len(card.classes))
     result = metrics.test
-    subset = "" if len(test) == full else f", the first {len(test)} of {full}"
-    print(f"{args.name}: test accuracy {result.accuracy:.4f} ({len(test)} images{subset})")
+    subset = "" if len(data) == full else f", the first {len(data)} of {full}"
+    print(f"{args.name}: {args.split} accuracy {result.accuracy:.4f} ({len(data)} images{subset})")
     for name, acc in zip(card.classes, result.per_class_accuracy):
         print(f"  {name:<12} {acc:.4f}")
     print(f"params {metrics.params:,}; {metrics.flops_per_image / 1e6:.1f} MFLOPs per image; "
@@ -136,7 +142,7 @@ def cmd_evaluate(args) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(confusion_png(result.confusion, card.classes,
                                   title=f"{args.name}: accuracy {result.accuracy:.2%} "
-                                        f"on {len(test)} test images"))
+                                        f"on {len(data)} {args.split} images"))
     print(f"wrote {png}")
     if args.update_card:
         store_metrics(weights_dir, card, metrics)
@@ -170,8 +176,9 @@ def _checkpoint_command(sub, name: str, summary: str, run: Callable) -> argparse
     p = sub.add_parser(name, help=summary)
     p.add_argument("--name", required=True, help="checkpoint name (NAME.safetensors + NAME.json)")
     p.add_argument("--weights-dir", type=Path, default=None, help="weights folder (default: weights/)")
-    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz "
-                   "(default: $VIT_DEMO_DATA_DIR, else torchvision's download)")
+    p.add_argument("--data-dir", default=None, help="folder with cifar10_test.npz (and "
+                   "cifar10_train.npz for evaluate --split train or val; default: "
+                   "$VIT_DEMO_DATA_DIR, else torchvision's download)")
     p.set_defaults(run=run)
     return p
 
@@ -204,10 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train)
 
     p = _checkpoint_command(sub, "evaluate", "test-set metrics of a checkpoint in weights/, "
-                            "optionally stored in its card", cmd_evaluate)
+                            "optionally stored in its card; or its accuracy on the training "
+                            "or validation split", cmd_evaluate)
+    p.add_argument("--split", choices=["test", "train", "val"], default="test",
+                   help="the 10,000 test images, or the 45,000 training / 5,000 validation "
+                   "images of the training run's fixed split (train: does the model fit what it "
+                   "was trained on?)")
     p.add_argument("--png", type=Path, default=None,
                    help="confusion-matrix PNG (default: artifacts/NAME-confusion.png)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
     p.add_argument("--update-card", action="store_true", help="store the metrics in NAME.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (also for the latency)")
 
