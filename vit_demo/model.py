@@ -54,7 +54,7 @@ PRESETS: dict[str, ViTConfig] = {
     "cifar10-192x6/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=6, heads=3, mlp_ratio=2.0),
     # The one above deepened to 9 blocks (2.7 M parameters): stages 2 to 7 of the CIFAR-10 model.
     "cifar10-192x9/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=9, heads=3, mlp_ratio=2.0),
-    # The shipped CIFAR-10 model (stage 8): the 9-block one deepened to 12 blocks (3.6 M parameters).
+    # The shipped CIFAR-10 model (stages 8 and 9): the 9-block one deepened to 12 blocks (3.6 M parameters).
     "cifar10-192x12/4": ViTConfig(image_size=32, patch_size=4, dim=192, depth=12, heads=3, mlp_ratio=2.0),
     # A tiny model for tests and quick CPU demos.
     "cifar10-64x2/4": ViTConfig(image_size=32, patch_size=4, dim=64, depth=2, heads=2, mlp_ratio=2.0),
