@@ -43,6 +43,7 @@ class Validation:
     epoch: float
     val_accuracy: float
     train_loss: float  # mean since the previous validation
+    wall_s: float | None = None  # training time of the run so far, over all its resumes
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class Training:
     threads: str | None = None
     wall_s_total: float | None = None
     command: str | None = None
+    recipe_file: str | None = None  # the recipe (recipes/NAME.toml) that trained it, every stage
+    recipe_sha256: str | None = None  # of that file's bytes
+    teacher: str | None = None  # what it was distilled from, in words
 
     @classmethod
     def of(cls, device: str, history: list[dict], wall_s: float, **extra: Any) -> Training:

@@ -60,9 +60,70 @@ def _setup_distributed() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def cmd_train(args) -> None:
+def _progress_bar(rank0: bool):
+    """A tqdm bar and the ``Progress`` callback that drives it (validations printed)."""
     from tqdm import tqdm
 
+    bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
+
+    def report(p: Progress, what: str = "") -> None:
+        bar.total, bar.n = p.total_steps, p.step
+        bar.set_postfix(epoch=f"{p.epoch:.2f}", loss=f"{p.loss:.3f}", acc=f"{p.accuracy:.3f}",
+                        img_s=f"{p.images_per_s:.0f}", lr=f"{p.lr:.2e}")
+        if p.val_accuracy is not None:
+            bar.write(f"{what}step {p.step}/{p.total_steps} epoch {p.epoch:.2f}: "
+                      f"val accuracy {p.val_accuracy:.4f}")
+    return bar, report
+
+
+def _ship(args, model: ViT, model_cfg, preset: str, cfg: TrainConfig, train, val, device,
+          history: list[dict], wall_s: float, origin: Origin | None = None, **training) -> None:
+    """Evaluate ``model`` on the test set and write it with its card as ``args.name``."""
+    test = evaluate(model, load_cifar10("test", args.data_dir), CIFAR10_DATA_CONFIG, device)
+    card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, param_count(model),
+                     model_config=model_cfg, preset=preset, origin=origin,
+                     recipe=Recipe.of(cfg, len(train), len(val), device),
+                     training=Training.of(str(device), history, wall_s, **training),
+                     metrics=Metrics(test=AccuracyMetrics.from_dict(test)),
+                     date=dt.date.today().isoformat())
+    path = save_model(args.out or default_weights_dir(), args.name,
+                      model.state_dict(), card, overwrite=args.overwrite)
+    print(f"test accuracy {test['accuracy']:.4f}; wrote {path}")
+
+
+def cmd_recipe(args) -> None:
+    """Run every stage of ``args.recipe`` (resuming each from ``args.run_dir``), then write the
+    last stage's ViT under the recipe's checkpoint name."""
+    from .recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    args.name = args.name or recipe.checkpoint
+    run_dir = args.run_dir or Path("runs") / recipe.path.stem
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train, val = train_val_split(load_cifar10("train", args.data_dir))
+    if recipe.train_images:
+        train = train.subset(torch.arange(min(recipe.train_images, len(train))))
+    if recipe.val_images is not None:
+        val = val.subset(torch.arange(min(recipe.val_images, len(val))))
+    bar, report = _progress_bar(True)
+    results = run_recipe(recipe, run_dir, train, val if len(val) else None, device,
+                         callback=lambda stage, p: report(p, f"[{stage.name}] "))
+    bar.close()
+    last = results[-1]
+    teachers = [r for r in results if r.stage.name == recipe.final.teacher]
+    _ship(args, last.model, last.stage.model_config(), last.stage.model, last.stage.train, train, val,
+          device, last.history, last.elapsed_s, steps=last.steps,
+          wall_s_total=round(sum(r.elapsed_s for r in results), 1), command=f"python -m vit_demo "
+          f"train --recipe {recipe.path.as_posix()}", recipe_file=recipe.path.as_posix(),
+          recipe_sha256=recipe.sha256,
+          teacher=(f"hard distillation (weight {recipe.final.train.distill:g}) from a CNN "
+                   f"({teachers[0].stage.model}) trained here on CIFAR-10 alone"
+                   if teachers else None))
+
+
+def cmd_train(args) -> None:
+    if args.recipe:
+        return cmd_recipe(args)
     device = _setup_distributed()
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     regularizers = {k: v for k, v in (("drop_path", args.drop_path), ("patch_drop", args.patch_drop))
@@ -84,33 +145,15 @@ def cmd_train(args) -> None:
         how = (f"model.deepen: {start.cfg.depth} to {model_cfg.depth} blocks"
                if start.cfg.depth != model_cfg.depth else "trained further, same architecture")
         origin = Origin.of(start_card, how=how, training=start_card.training)
-    bar = tqdm(total=None, disable=not rank0, unit="step", dynamic_ncols=True)
-
-    def report(p: Progress) -> None:
-        bar.total, bar.n = p.total_steps, p.step
-        bar.set_postfix(epoch=f"{p.epoch:.2f}", loss=f"{p.loss:.3f}", acc=f"{p.accuracy:.3f}",
-                        img_s=f"{p.images_per_s:.0f}", lr=f"{p.lr:.2e}")
-        if p.val_accuracy is not None:
-            bar.write(f"step {p.step}/{p.total_steps} epoch {p.epoch:.2f}: "
-                      f"val accuracy {p.val_accuracy:.4f}")
-
+    bar, report = _progress_bar(rank0)
     trainer = Trainer(model, CIFAR10_DATA_CONFIG, train, cfg, val=val if len(val) else None,
                       device=device, state_path=args.resume, callback=report, model_config=model_cfg)
     already = trainer.step
     result = trainer.run()
     bar.close()
     if rank0 and args.name and not result.cancelled and result.step == trainer.end_step:
-        test = evaluate(model, load_cifar10("test", args.data_dir), CIFAR10_DATA_CONFIG, device)
-        card = ModelCard(ModelKind.SCRATCH, CLASSES, CIFAR10_DATA_CONFIG, param_count(model),
-                         model_config=model_cfg, preset=args.preset, origin=origin,
-                         recipe=Recipe.of(cfg, len(train), len(val), device),
-                         training=Training.of(str(device), result.history, result.wall_s,
-                                              steps_last_run=result.step - already),
-                         metrics=Metrics(test=AccuracyMetrics.from_dict(test)),
-                         date=dt.date.today().isoformat())
-        path = save_model(args.out or default_weights_dir(), args.name,
-                          model.state_dict(), card, overwrite=args.overwrite)
-        print(f"test accuracy {test['accuracy']:.4f}; wrote {path}")
+        _ship(args, model, model_cfg, args.preset, cfg, train, val, device, result.history,
+              result.wall_s, origin, steps_last_run=result.step - already)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
@@ -188,7 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m vit_demo")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10")
+    p = sub.add_parser("train", help="train the scratch ViT on CIFAR-10: every stage of a "
+                       "--recipe, or one run from the options below")
+    p.add_argument("--recipe", type=Path, default=None, help="a recipe file (recipes/NAME.toml): "
+                   "run its stages in order, each resumed from --run-dir, and write the last "
+                   "stage's ViT (the training options below are then the recipe's)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="with --recipe: the stages' resume states (default: runs/NAME)")
     p.add_argument("--preset", default="cifar10-192x9/4", choices=sorted(PRESETS))
     p.add_argument("--init-from", default=None, help="start from this scratch checkpoint in the "
                    "weights folder (deepened to the preset's depth when it is shallower)")

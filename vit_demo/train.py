@@ -1,6 +1,7 @@
 """The trainer shared by the command line and the browser's fine-tune job.
 
-AdamW, linear warm-up then cosine decay, label smoothing, gradient clipping; bf16 autocast
+AdamW (or SGD with Nesterov momentum), linear warm-up then cosine decay, label smoothing,
+gradient clipping, optional hard distillation from a teacher model (DeiT's); bf16 autocast
 and optional ``torch.compile`` on CUDA. All randomness of step ``s`` (batch order, crops,
 flips, dropout) derives from ``(seed, s)``, so a run resumed from its state file continues
 exactly as if it had never stopped. Under ``torchrun`` the same loop runs data-parallel
@@ -9,6 +10,7 @@ exactly as if it had never stopped. Under ``torchrun`` the same loop runs data-p
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -28,9 +30,10 @@ from .data import (DataConfig, Policy, Split, augment_policy, mix_batch, preproc
                    random_crop_flip, random_resized_crop_flip)
 
 
-OPTIMIZER = "AdamW"  # what ``Trainer`` steps with, in a card's words
+OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD, Nesterov momentum"}  # what ``Trainer`` steps with, in a card's words
 SCHEDULE = "linear warm-up, cosine"  # what ``lr_at`` computes, in a card's words
 Crop = Literal["pad", "resized"]
+Optimizer = Literal["adamw", "sgd"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class TrainConfig:
     batch_size: int = 128  # global batch, split across data-parallel ranks
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-5  # learning rate at the end of the cosine
-    weight_decay: float = 0.05  # AdamW decay on weight matrices (not biases, norms, embeddings)
+    weight_decay: float = 0.05  # decay on weight matrices (not biases, norms, embeddings); AdamW's is decoupled
+    optimizer: Optimizer = "adamw"  # "adamw", or "sgd" (Nesterov momentum 0.9)
     warmup_epochs: float = 2.0  # linear warm-up from 0
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
@@ -56,12 +60,15 @@ class TrainConfig:
     compile: bool = False  # torch.compile (CUDA only; slower than eager on a small CPU)
     eval_batch_size: int = 500  # validation batch; a stop is seen between batches
     freeze_backbone: bool = False  # train the classifier head only
+    distill: float = 0.0  # weight of the teacher's hard label in the loss (DeiT); needs a teacher
 
     def __post_init__(self) -> None:
-        if self.crop not in get_args(Crop):
-            raise ValueError(f"unknown crop {self.crop!r}: use one of {', '.join(get_args(Crop))}")
-        if self.policy not in get_args(Policy):
-            raise ValueError(f"unknown policy {self.policy!r}: use one of {', '.join(get_args(Policy))}")
+        for name, allowed in (("crop", Crop), ("policy", Policy), ("optimizer", Optimizer)):
+            if getattr(self, name) not in get_args(allowed):
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: use one of "
+                                 f"{', '.join(get_args(allowed))}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill {self.distill} is not a weight in [0, 1]")
 
     def describe(self) -> dict[str, str]:
         """The augmentation, optimizer and schedule of this config in words (for a card)."""
@@ -72,7 +79,8 @@ class TrainConfig:
         policy = f" + {self.policy} per image" if self.policy != "none" else ""
         words = ([f"{crop} + horizontal flip{policy}"] if self.augment else []) + (
             [" or ".join(mixes) + " per batch"] if mixes else [])
-        return {"augment": ", ".join(words) or "none", "optimizer": OPTIMIZER, "schedule": SCHEDULE}
+        return {"augment": ", ".join(words) or "none", "optimizer": OPTIMIZERS[self.optimizer],
+                "schedule": SCHEDULE}
 
 
 @dataclass
@@ -191,16 +199,18 @@ class Trainer:
     and the same ``model_config`` (a dataclass such as ``ViTConfig``, when given).
     ``callback(progress)``: called on rank 0 after every step. ``cancel``: checked before
     every step and between validation batches; a set event ends the run there without
-    writing state.
+    writing state. ``teacher``: a trained model (same input) whose predicted class on each
+    augmented batch is a second target, weighted ``cfg.distill`` (DeiT's hard distillation).
     """
 
     def __init__(self, model: nn.Module, data_cfg: DataConfig, train: Split, cfg: TrainConfig,
                  val: Split | None = None, device: torch.device | str = "cpu",
                  state_path: Path | None = None, callback: Callable[[Progress], None] | None = None,
                  cancel: threading.Event | None = None, head: str = "head",
-                 model_config: object | None = None):
+                 model_config: object | None = None, teacher: nn.Module | None = None):
         self.device = torch.device(device)
-        self.model_config = asdict(model_config) if model_config is not None else None
+        # as it reads back from a state file's JSON (tuples become lists)
+        self.model_config = json.loads(json.dumps(asdict(model_config))) if model_config is not None else None
         self.model = model.to(self.device)
         self.data_cfg, self.train, self.val, self.cfg = data_cfg, train, val, cfg
         self.state_path = Path(state_path) if state_path else None
@@ -215,8 +225,12 @@ class Trainer:
         if cfg.freeze_backbone:
             for name, p in self.model.named_parameters():
                 p.requires_grad = name.startswith(head + ".")
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay),
-                                           lr=cfg.lr, betas=(0.9, 0.999))
+        if (teacher is None) != (cfg.distill == 0.0):
+            raise ValueError("distillation needs both a teacher and a distill weight above 0")
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        groups = _param_groups(self.model, cfg.weight_decay)
+        self.optimizer = (torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999)) if cfg.optimizer == "adamw"
+                          else torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True))
         self.steps_per_epoch = len(train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training images do not fill one batch of {cfg.batch_size}")
@@ -224,6 +238,7 @@ class Trainer:
         self.end_step = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.warmup_steps = max(1, round(cfg.warmup_epochs * self.steps_per_epoch))
         self.step = 0
+        self.elapsed_s = 0.0  # training wall time over every run of this state, validation included
         self.history: list[dict] = []
         if self.state_path and self.state_path.is_file():
             self._load_state()
@@ -244,7 +259,8 @@ class Trainer:
                 tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
         save_tensors(self.state_path, tensors, {"step": self.step, "total_steps": self.total_steps,
                                                 "history": self.history, "config": asdict(self.cfg),
-                                                "model_config": self.model_config})
+                                                "model_config": self.model_config,
+                                                "elapsed_s": self.elapsed_s})
 
     def _load_state(self) -> None:
         tensors, meta = load_tensors(self.state_path)
@@ -262,6 +278,7 @@ class Trainer:
                 opt["state"].setdefault(int(i), {})[name] = v
         self.optimizer.load_state_dict(opt)
         self.step, self.history = meta["step"], meta["history"]
+        self.elapsed_s = meta.get("elapsed_s", 0.0)
 
     # -- data ---------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
@@ -316,25 +333,33 @@ class Trainer:
                 if partner is not None:
                     loss = lam * loss + (1 - lam) * F.cross_entropy(
                         logits, partner, label_smoothing=cfg.label_smoothing)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        taught = self.teacher(x).argmax(dim=-1)
+                    loss = (1 - cfg.distill) * loss + cfg.distill * F.cross_entropy(logits, taught)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
+            self.elapsed_s += time.perf_counter() - step_start
             period_loss += loss.item() * len(y)
             period_seen += len(y)
             val_acc = None
             epochs, within = divmod(self.step, self.steps_per_epoch)
             at_end = self.step == self.end_step
             if self.val is not None and (at_end or (within == 0 and epochs % cfg.eval_every == 0)):
+                val_start = time.perf_counter()
                 val_acc = evaluate(self.model, self.val, self.data_cfg, self.device,
                                    cfg.eval_batch_size, cancel=self.cancel)["accuracy"]
                 if self.cancel.is_set():
                     cancelled = True
                     break
+                self.elapsed_s += time.perf_counter() - val_start
                 self.history.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                     "val_accuracy": val_acc, "train_loss": period_loss / period_seen})
+                                     "val_accuracy": val_acc, "train_loss": period_loss / period_seen,
+                                     "wall_s": round(self.elapsed_s, 1)})
                 period_loss = period_seen = 0.0
             if self.step % cfg.checkpoint_every == 0 or at_end:
                 self.save_state()
