@@ -37,12 +37,20 @@ def splits(cifar_train: Split) -> tuple[Split, Split]:
             val.subset(torch.arange(recipe.val_images)))
 
 
-def test_a_recipe_stopped_in_each_stage_and_resumed_equals_one_uninterrupted_run(splits, tmp_path: Path):
-    """The tiny two-stage recipe (a CNN teacher, then a ViT distilled from it) run in one go,
-    and run again stopped once inside each stage and resumed from its state files: the same
-    final tensors, bit for bit."""
+@pytest.fixture(scope="module")
+def whole_run(splits, tmp_path_factory) -> tuple[Path, list]:
+    """The tiny two-stage recipe (a CNN teacher, then a ViT distilled from it) run in one go:
+    its run folder and results."""
+    run_dir = tmp_path_factory.mktemp("whole")
+    return run_dir, run_recipe(load_recipe(TINY_RECIPE), run_dir, *splits)
+
+
+def test_a_recipe_stopped_in_each_stage_and_resumed_equals_one_uninterrupted_run(whole_run, splits,
+                                                                                  tmp_path: Path):
+    """The tiny recipe run again, stopped once inside each stage and resumed from its state
+    files: the same final tensors as the run that never stopped, bit for bit."""
     recipe = load_recipe(TINY_RECIPE)
-    whole = run_recipe(recipe, tmp_path / "whole", *splits)
+    whole_dir, whole = whole_run
     assert [r.stage.name for r in whole] == ["teacher", "vit"]
 
     cancel, seen = threading.Event(), []
@@ -59,7 +67,7 @@ def test_a_recipe_stopped_in_each_stage_and_resumed_equals_one_uninterrupted_run
         cancel.clear()
     assert stops == 2 and seen == ["teacher", "vit"]
     for stage in recipe.stages:
-        a, meta_a = load_tensors(state_path(tmp_path / "whole", stage))
+        a, meta_a = load_tensors(state_path(whole_dir, stage))
         b, meta_b = load_tensors(state_path(interrupted, stage))
         assert meta_a["step"] == meta_b["step"] == meta_a["total_steps"]
         assert a.keys() == b.keys()
@@ -165,3 +173,58 @@ def test_the_shipped_recipe_parses():
     recipe = load_recipe(REPO / "recipes" / "scratch-92.toml")
     assert recipe.final.is_vit and recipe.final.teacher == "teacher"
     assert [s.name for s in recipe.stages] == ["teacher", "vit", "vit-full"]
+
+
+def vit_forward_flops(cfg) -> tuple[int, int, int]:
+    """Forward FLOPs of one image (2 per multiply-add), the patch convolution's share and one
+    attention product's (q@k^T or weights@v, all heads): the patch conv, per block the q/k/v
+    projection, q@k^T, weights@v, the projection and the MLP, then the head on [CLS]."""
+    patches = (cfg.image_size // cfg.patch_size) ** 2
+    tokens, d, hidden = patches + 1, cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+    patch_embed = 2 * patches * d * cfg.in_chans * cfg.patch_size ** 2
+    product = 2 * tokens * tokens * d
+    block = 2 * tokens * d * 4 * d + 2 * product + 2 * 2 * tokens * d * hidden
+    return patch_embed + cfg.depth * block + 2 * d * cfg.num_classes, patch_embed, product
+
+
+def test_training_flops_are_the_forward_and_backward_written_out_plus_the_teachers_forward():
+    """Backward = 2x forward for every product whose two sides need gradients; the patch
+    convolution's input needs none (1x); fused attention's backward also recomputes q@k^T (one
+    product more a block); the teacher adds its forward pass only."""
+    from vit_demo.evaluate import flops_per_image, training_flops_per_image
+
+    cfg = PRESETS["cifar10-64x2/4"]
+    forward, patch_embed, product = vit_forward_flops(cfg)
+    expected = 3 * forward - patch_embed + cfg.depth * product
+    model, teacher = ViT(cfg), CNN(CNN_PRESETS["cnn-8-16"])
+    assert training_flops_per_image(model, CIFAR10_DATA_CONFIG) == pytest.approx(expected, rel=1e-3)
+    assert training_flops_per_image(model, CIFAR10_DATA_CONFIG, teacher) == pytest.approx(
+        expected + flops_per_image(teacher, CIFAR10_DATA_CONFIG), rel=1e-3)
+    assert model.training and torch.equal(teacher.stem_norm.running_mean, torch.zeros(8))
+
+
+def test_the_learning_curve_adds_up_the_stages_time_and_flops(whole_run, tmp_path: Path, capsys):
+    """Each validation sits at the time and FLOPs of every earlier stage plus its own so far:
+    steps x batch x ``training_flops_per_image`` (the teacher's forward pass in the ViT's)."""
+    from vit_demo.evaluate import training_flops_per_image
+    from vit_demo.recipe import learning_curve
+
+    recipe = load_recipe(TINY_RECIPE)
+    run_dir, results = whole_run
+    teacher, vit = recipe.stages
+    metas = [load_tensors(state_path(run_dir, s))[1] for s in recipe.stages]
+    points, stages = learning_curve(recipe, run_dir, recipe.train_images)
+    assert [p.stage for p in points] == ["teacher"] * 2 + ["vit"] * 2
+    teacher_flops = metas[0]["step"] * 64 * training_flops_per_image(teacher.build(), CIFAR10_DATA_CONFIG)
+    vit_flops = training_flops_per_image(vit.build(), CIFAR10_DATA_CONFIG, teacher.build()) * 64
+    for point, row in zip(points[2:], metas[1]["history"]):
+        assert point.pflops * 1e15 == pytest.approx(teacher_flops + row["step"] * vit_flops)
+        assert point.hours * 3600 == pytest.approx(metas[0]["elapsed_s"] + row["wall_s"])
+        assert point.val_accuracy == row["val_accuracy"]
+    assert [(s.stage, s.epochs_done, s.best_val) for s in stages] == [
+        (r.stage.name, 2.0, max(row["val_accuracy"] for row in r.history)) for r in results]
+
+    png = tmp_path / "curve.png"
+    main(["recipe-report", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir), "--png", str(png)])
+    out = capsys.readouterr().out
+    assert f"| vit | 2.0 / 2 |" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

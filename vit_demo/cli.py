@@ -17,7 +17,7 @@ import torch
 from .adapters import ModelKind
 from .card import AccuracyMetrics, Metrics, ModelCard, Origin, Recipe, Training, save_model
 from .checkpoint import default_weights_dir
-from .data import CIFAR10_DATA_CONFIG, CLASSES, load_cifar10, train_val_split
+from .data import CIFAR10_DATA_CONFIG, CLASSES, VAL_SIZE, load_cifar10, train_val_split
 from .evaluate import confusion_png, model_metrics, param_count, store_metrics
 from .model import PRESETS, ViT, deepen
 from .registry import load_checkpoint
@@ -213,6 +213,29 @@ def cmd_inside(args) -> None:
     print(f"uniform attention: {distance.uniform:.3f} px")
 
 
+def cmd_recipe_report(args) -> None:
+    """Print the run's stage table and validation curve (markdown) and draw the curve."""
+    from .evaluate import learning_curve_png
+    from .recipe import learning_curve, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    run_dir = args.run_dir or Path("runs") / recipe.path.stem
+    train_images = recipe.train_images or 50_000 - VAL_SIZE
+    points, stages = learning_curve(recipe, run_dir, train_images)
+    print("| stage | epochs | hours | PFLOPs | last validation | best validation |\n|---|---|---|---|---|---|")
+    for s in stages:
+        best = "" if s.best_val is None else f"{s.best_val:.2%}"
+        last = "" if s.last_val is None else f"{s.last_val:.2%}"
+        print(f"| {s.stage} | {s.epochs_done:.1f} / {s.epochs:g} | {s.hours:.2f} | {s.pflops:.2f} | {last} | {best} |")
+    print("\n| stage | epoch | hours (cumulative) | PFLOPs (cumulative) | validation |\n|---|---|---|---|---|")
+    for p in points:
+        print(f"| {p.stage} | {p.epoch:.1f} | {p.hours:.2f} | {p.pflops:.2f} | {p.val_accuracy:.2%} |")
+    args.png.parent.mkdir(parents=True, exist_ok=True)
+    args.png.write_bytes(learning_curve_png(points, f"{recipe.path.name}: validation accuracy "
+                                                    f"({len(points)} validations)"))
+    print(f"\nwrote {args.png}")
+
+
 def _checkpoint_command(sub, name: str, summary: str, run: Callable) -> argparse.ArgumentParser:
     """Subcommand ``name`` on a checkpoint and the test data, as ``evaluate`` and ``inside``
     take them."""
@@ -258,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("recipe-report", help="a recipe run's stages and validation curve so far: "
+                       "markdown tables, and the curve against training hours and PFLOPs as a PNG")
+    p.add_argument("--recipe", type=Path, required=True, help="the recipe file (recipes/NAME.toml)")
+    p.add_argument("--run-dir", type=Path, default=None, help="its run folder (default: runs/NAME)")
+    p.add_argument("--png", type=Path, default=ARTIFACTS_DIR / "training-curve.png",
+                   help="where to draw the curve (default: artifacts/training-curve.png)")
+    p.set_defaults(run=cmd_recipe_report)
 
     p = _checkpoint_command(sub, "evaluate", "test-set metrics of a checkpoint in weights/, "
                             "optionally stored in its card; or its accuracy on the training "

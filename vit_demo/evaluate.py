@@ -4,6 +4,7 @@ image; and the confusion matrix as a PNG."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import statistics
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from .card import AccuracyMetrics, Metrics, ModelCard, rewrite_card
 from .data import DataConfig, Split
@@ -26,20 +27,39 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model: nn.Module, data_cfg: DataConfig) -> int:
-    """FLOPs of one forward pass of one image, as ``FlopCounterMode`` counts them.
+def _flop_counter() -> FlopCounterMode:
+    """``FlopCounterMode``: convolutions, matrix products and fused attention, at two FLOPs per
+    multiply-add; biases, norms, activations and softmax are not counted. torch 2.11's counter
+    omits scaled_dot_product_attention's CPU kernels (forward and backward): counted here."""
+    aten = torch.ops.aten
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda query, key, value, *args, **kwargs: sdpa_flop_count(query, key, value),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda grad_out, query, key, value, *args, **kwargs:
+                sdpa_backward_flop_count(grad_out, query, key, value)})
 
-    Convolutions, matrix products and fused attention, at two FLOPs per multiply-add; biases,
-    norms, activations and softmax are not counted.
-    """
+
+def flops_per_image(model: nn.Module, data_cfg: DataConfig) -> int:
+    """FLOPs of one forward pass of one image (see ``_flop_counter``)."""
     x = torch.zeros(1, *data_cfg.input_size, device=next(model.parameters()).device)
-    # torch 2.11's counter omits the FLOPs of scaled_dot_product_attention's CPU kernel
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda query, key, value, *args, **kwargs: sdpa_flop_count(query, key, value)})
-    with eval_mode(model), torch.inference_mode(), counter:
+    with eval_mode(model), torch.inference_mode(), _flop_counter() as counter:
         model(x)
     return counter.get_total_flops()
+
+
+def training_flops_per_image(model: nn.Module, data_cfg: DataConfig,
+                             teacher: nn.Module | None = None) -> int:
+    """FLOPs of one training step per image: the forward and backward pass of ``model`` in
+    training mode (PatchDropout's smaller token count included), and the forward pass of the
+    ``teacher`` it distils from. Counted on copies, so no running statistic moves."""
+    x = torch.zeros(2, *data_cfg.input_size)
+    with _flop_counter() as counter:
+        copy.deepcopy(model).cpu().train()(x).sum().backward()
+        if teacher is not None:
+            with torch.no_grad():
+                copy.deepcopy(teacher).cpu().eval()(x)
+    return counter.get_total_flops() // 2
 
 
 def cpu_latency_ms(model: nn.Module, data_cfg: DataConfig, runs: int = 50, warmup: int = 10) -> float:
@@ -96,4 +116,23 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     if title:
         ax.set_title(title)
     fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return png_bytes(fig)
+
+
+def learning_curve_png(points: Sequence, title: str) -> bytes:
+    """Validation accuracy against cumulative training hours and PFLOPs, one line per stage
+    (``recipe.learning_curve``'s points)."""
+    fig, axes = agg_figure(10, 4, ncols=2, sharey=True)
+    for stage in dict.fromkeys(p.stage for p in points):
+        mine = [p for p in points if p.stage == stage]
+        for ax, x in zip(axes, ("hours", "pflops")):
+            ax.plot([getattr(p, x) for p in mine], [100 * p.val_accuracy for p in mine],
+                    marker=".", label=stage)
+    axes[0].set_xlabel("training hours (cumulative)")
+    axes[1].set_xlabel("training PFLOPs (cumulative)")
+    axes[0].set_ylabel("validation accuracy (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="stage")
+    fig.suptitle(title)
     return png_bytes(fig)

@@ -60,14 +60,15 @@ def _rounded(values: torch.Tensor, digits: int = 4) -> list:
     return np.round(values.double().numpy(), digits).tolist()
 
 
-def agg_figure(width: float, height: float):
-    """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its one axes."""
+def agg_figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
+    """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its axes: one, or
+    an array of ``ncols`` side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, fig.subplots(1, ncols, sharey=sharey)
 
 
 def png_bytes(fig) -> bytes:

@@ -170,3 +170,54 @@ def run_recipe(recipe: Recipe, run_dir: Path, train: Split, val: Split | None,
             return None
         results.append(StageResult(stage, model, trainer.step, trainer.history, trainer.elapsed_s))
     return results
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One validation of a recipe's run, placed on the run's cumulative cost."""
+    stage: str
+    epoch: float  # within its stage
+    hours: float  # training wall time of the run so far (every stage before included)
+    pflops: float  # training FLOPs of the run so far, in 10^15
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    stage: str
+    epochs_done: float
+    epochs: float
+    hours: float  # this stage's training wall time
+    pflops: float  # this stage's training FLOPs, in 10^15
+    last_val: float | None
+    best_val: float | None
+
+
+def learning_curve(recipe: Recipe, run_dir: Path, train_images: int
+                   ) -> tuple[list[CurvePoint], list[StageSummary]]:
+    """Every validation of the run in ``run_dir`` so far against cumulative training time and
+    FLOPs (``evaluate.training_flops_per_image`` of each stage, its teacher's forward pass
+    included), and a summary per stage started; stages not started yet are left out."""
+    from .evaluate import training_flops_per_image
+
+    points, summaries, hours, pflops = [], [], 0.0, 0.0
+    for stage in recipe.stages:
+        path = state_path(run_dir, stage)
+        if not path.is_file():
+            break
+        meta = load_tensors(path)[1]
+        teacher = next((s for s in recipe.stages if s.name == stage.teacher), None)
+        per_image = training_flops_per_image(stage.build(), CIFAR10_DATA_CONFIG,
+                                             teacher.build() if teacher else None)
+        pflops_per_step = per_image * stage.train.batch_size / 1e15
+        for row in meta["history"]:
+            points.append(CurvePoint(stage.name, row["epoch"], hours + row.get("wall_s", 0.0) / 3600,
+                                     pflops + row["step"] * pflops_per_step, row["val_accuracy"]))
+        vals = [row["val_accuracy"] for row in meta["history"]]
+        steps_per_epoch = train_images // stage.train.batch_size
+        summaries.append(StageSummary(stage.name, meta["step"] / steps_per_epoch, stage.train.epochs,
+                                      meta["elapsed_s"] / 3600, meta["step"] * pflops_per_step,
+                                      vals[-1] if vals else None, max(vals, default=None)))
+        hours += meta["elapsed_s"] / 3600
+        pflops += meta["step"] * pflops_per_step
+    return points, summaries
