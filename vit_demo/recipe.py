@@ -152,7 +152,10 @@ def run_recipe(recipe: Recipe, run_dir: Path, train: Split, val: Split | None,
                callback: Callable[[Stage, Progress], None] | None = None,
                cancel: threading.Event | None = None) -> list[StageResult] | None:
     """Every stage of ``recipe`` in order, each resumed from its state in ``run_dir``; the
-    stages' results, or None when ``cancel`` stopped the run (call again to go on)."""
+    stages' results, or None when ``cancel`` stopped the run (call again to go on). On a GPU
+    the images go there once, as uint8, and are augmented there a batch at a time."""
+    if torch.device(device).type == "cuda":
+        train = Split(train.x.to(device), train.y.to(device))
     results = []
     for stage in recipe.stages:
         torch.manual_seed(stage.train.seed)
