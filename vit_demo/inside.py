@@ -122,6 +122,11 @@ def attention_distance_over(model: nn.Module, kind: ModelKind | str, x: torch.Te
     return total / len(x)  # (layers, heads)
 
 
+def rounded(values: torch.Tensor, digits: int = 4) -> list:
+    """``values`` as nested lists of floats rounded to ``digits`` decimal places (for JSON)."""
+    return values.double().numpy().round(digits).tolist()
+
+
 def _mean(values: torch.Tensor) -> float | None:
     return float(values.mean()) if values.numel() else None
 

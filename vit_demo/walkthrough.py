@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from .adapters import ModelKind, adapter_for
-from .inside import patch_size, principal_components
+from .inside import patch_size, principal_components, rounded
+from .overlay import value_grid
 from .rollout import cls_map, fuse_heads
 
 COMPONENTS = 3  # one per colour channel
@@ -38,6 +39,11 @@ class TokenPCA:
         low, high = patches.amin(dim=0), patches.amax(dim=0)
         return ((self.scores - low) / (high - low).clamp_min(1e-12)).clamp(0.0, 1.0)
 
+    def to_json(self, grid: tuple[int, int]) -> dict:
+        colours = self.colours()
+        return {"rgb": rounded(colours[1:].reshape(*grid, 3), 3), "cls_rgb": rounded(colours[0], 3),
+                "explained_variance": rounded(self.explained)}
+
 
 @dataclass(frozen=True)
 class Walkthrough:
@@ -48,6 +54,17 @@ class Walkthrough:
     attention: torch.Tensor  # (blocks, rows, cols) [CLS] attention over the patches, heads averaged
     lens: torch.Tensor  # (blocks, classes) class probabilities read from [CLS] after each block
     probabilities: torch.Tensor  # (classes,) the model's answer
+
+    def to_json(self, classes: tuple[str, ...] | list[str]) -> dict:
+        """The numbers of every step, plain lists; the lens and probabilities in ``classes``'
+        order, the attention with 4 significant digits."""
+        return {"classes": list(classes), "grid_size": list(self.grid),
+                "patch_size": list(self.patch),
+                "token_pca": {"patch_embeddings": self.tokens.to_json(self.grid),
+                              "with_position_embeddings": self.embedded.to_json(self.grid)},
+                "attention": [value_grid(block) for block in self.attention],
+                "lens": rounded(self.lens), "settled_block": int(settled_block(self.lens[None])[0]) + 1,
+                "probabilities": rounded(self.probabilities), "top5": top_k(self.probabilities, classes)}
 
 
 def token_pca(tokens: torch.Tensor, k: int = COMPONENTS) -> TokenPCA:
