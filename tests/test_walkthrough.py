@@ -11,7 +11,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vit_demo.model import PRESETS, ViT, ViTConfig, convert_timm_state_dict, timm_kwargs
-from vit_demo.walkthrough import settled_block, token_pca, top_k, walkthrough
+from vit_demo.walkthrough import lens_agreement, settled_block, token_pca, top_k, walkthrough
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CFG = ViTConfig(image_size=32, patch_size=4, dim=48, depth=3, heads=3, mlp_ratio=2.0)
@@ -160,13 +160,25 @@ def test_vit_b16_walkthrough_with_random_weights():
     assert (steps.lens[-1] - expected).abs().max() < 1e-4
 
 
-def test_settled_block_is_where_the_top_1_becomes_final_for_good():
-    def lens_of(tops: list[int]) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.tensor(tops), 4).float()  # (blocks, classes)
+def one_hot_lens(tops: list[list[int]]) -> torch.Tensor:
+    """A lens (images, blocks, 4 classes) whose top-1 per image and block is ``tops``."""
+    return torch.nn.functional.one_hot(torch.tensor(tops), 4).float()
 
-    lens = torch.stack([lens_of([0, 1, 1, 1]), lens_of([2, 2, 2, 2]), lens_of([3, 1, 3, 0]),
-                        lens_of([1, 0, 1, 1])])
-    assert settled_block(lens).tolist() == [1, 0, 3, 2]
+
+TOPS = [[0, 1, 1, 1], [2, 2, 2, 2], [3, 1, 3, 0], [1, 0, 1, 1]]  # per image, the top-1 per block
+
+
+def test_settled_block_is_where_the_top_1_becomes_final_for_good():
+    assert settled_block(one_hot_lens(TOPS)).tolist() == [1, 0, 3, 2]
+
+
+def test_lens_agreement_counts_per_block():
+    stats = lens_agreement(one_hot_lens(TOPS), torch.tensor([1, 2, 0, 0]))
+    assert stats["agrees"] == [0.5, 0.5, 0.75, 1.0]  # finals: 1, 2, 0, 1
+    assert stats["settled"] == [0.25, 0.5, 0.75, 1.0]
+    assert stats["accuracy"] == [0.25, 0.75, 0.5, 0.75]
+    assert stats["final_probability"] == [0.5, 0.5, 0.75, 1.0]
+    assert stats["mean_settled_block"] == 2.5  # (2 + 1 + 4 + 3) / 4
 
 
 def test_one_image_in_eval_mode_only(twins, image):

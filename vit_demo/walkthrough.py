@@ -121,3 +121,22 @@ def settled_block(lens: torch.Tensor) -> torch.Tensor:
     # the blocks from the last disagreement on: a suffix of True, counted from the end
     suffix = agrees.flip(1).long().cumprod(dim=1).sum(dim=1)  # (B,)
     return lens.shape[1] - suffix
+
+
+def lens_agreement(lens: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float] | float]:
+    """How the logit lens of many images (B, blocks, classes), true classes ``labels`` (B,),
+    arrives at the answer, per block (from the first): the fraction of images whose lens top-1
+    is already the final answer (``agrees``) and stays it to the end (``settled``), the
+    fraction whose lens top-1 is the true class (``accuracy``), the mean probability the lens
+    gives the final answer (``final_probability``); and the mean block (from 1) from which the
+    top-1 stays the final answer (``mean_settled_block``)."""
+    top = lens.argmax(dim=-1)  # (B, blocks)
+    final = top[:, -1]  # (B,)
+    settled = settled_block(lens)  # (B,) from 0
+    blocks = torch.arange(lens.shape[1])
+    return {"agrees": (top == final[:, None]).double().mean(dim=0).tolist(),
+            "settled": (settled[:, None] <= blocks).double().mean(dim=0).tolist(),
+            "accuracy": (top == labels[:, None]).double().mean(dim=0).tolist(),
+            "final_probability": lens.gather(2, final[:, None, None].expand(-1, lens.shape[1], 1))
+                                     .squeeze(2).double().mean(dim=0).tolist(),
+            "mean_settled_block": float(settled.double().mean()) + 1.0}

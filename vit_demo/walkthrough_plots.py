@@ -11,8 +11,8 @@ import math
 import numpy as np
 import torch
 
-from .inside_plots import agg_canvas, agg_figure, png_bytes
-from .overlay import enlarge, overlay
+from .inside_plots import agg_canvas, agg_figure, mosaic, png_bytes
+from .overlay import overlay
 from .walkthrough import TokenPCA, Walkthrough, settled_block
 
 DPI = 150
@@ -21,26 +21,20 @@ ATTENTION_COLUMNS = 4
 ATTENTION_SIDE = 96  # pixels a side of one block's map at least (the input enlarged)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def patches_png(image: np.ndarray, steps: Walkthrough) -> bytes:
-    """The model's input ((H, W, 3) uint8, as ``overlay.model_view`` gives it), enlarged, with
-    its patch grid and the count in the title."""
+    """The model's input ((H, W, 3) uint8, as ``overlay.model_view`` gives it) with its patch
+    grid, and the count in the title."""
     rows, cols = steps.grid
     ph, pw = steps.patch
-    shown = enlarge(image)
     fig, ax = agg_figure(WIDTH, WIDTH + 0.35)
-    height, width = shown.shape[:2]
-    ax.imshow(shown, extent=(0, cols, rows, 0), interpolation="nearest")
+    ax.imshow(image, extent=(0, cols, rows, 0), interpolation="nearest")  # one unit per patch
     for r in range(1, rows):
         ax.axhline(r, color="white", linewidth=0.8, alpha=0.8)
     for c in range(1, cols):
         ax.axvline(c, color="white", linewidth=0.8, alpha=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{rows * cols} patches of {ph}x{pw} px\n(a {rows}x{cols} grid of the "
+    ax.set_title(f"{rows * cols} patches of {ph}x{pw} px\n({rows}x{cols} of them in the "
                  f"{image.shape[0]}x{image.shape[1]} px input)", fontsize=10)
     return png_bytes(fig, DPI)
 
@@ -73,17 +67,19 @@ def tokens_png(steps: Walkthrough) -> bytes:
 
 def attention_png(image: np.ndarray, steps: Walkthrough) -> bytes:
     """One small map per block: the [CLS] token's attention over the patches (heads averaged),
-    each scaled to its own range, over the model's input ((H, W, 3) uint8)."""
-    blocks = len(steps.attention)
+    each scaled to its own range, over the model's input ((H, W, 3) uint8), in one mosaic."""
+    tiles = np.stack([overlay(image, m.numpy(), "inferno", 0.65, min_side=ATTENTION_SIDE)
+                      for m in steps.attention]) / 255.0  # (blocks, h, w, 3)
+    blocks, side = len(tiles), tiles.shape[1]
+    gap = side // 12
     grid_rows = math.ceil(blocks / ATTENTION_COLUMNS)
-    fig = agg_canvas(WIDTH, 0.2 + grid_rows * 1.12)
-    axes = fig.subplots(grid_rows, ATTENTION_COLUMNS, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < blocks:
-            ax.imshow(overlay(image, steps.attention[i].numpy(), "inferno", 0.65,
-                              min_side=ATTENTION_SIDE))
-            ax.set_title(f"block {i + 1}", fontsize=10, pad=2)
+    fig, ax = agg_figure(WIDTH, 0.15 + grid_rows * WIDTH / ATTENTION_COLUMNS)
+    ax.imshow(np.nan_to_num(mosaic(tiles, ATTENTION_COLUMNS, gap), nan=1.0))  # white gaps
+    for i in range(blocks):
+        top, left = (i // ATTENTION_COLUMNS) * (side + gap), (i % ATTENTION_COLUMNS) * (side + gap)
+        ax.text(left + side * 0.04, top + side * 0.04, str(i + 1), fontsize=11, va="top",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
+    ax.set_axis_off()
     return png_bytes(fig, DPI)
 
 

@@ -19,7 +19,7 @@ from .inside import png_file
 
 # (name, label) of each step's figure, top to bottom, and what to look for in it
 FIGURES = [("patches", "1. Patches"), ("tokens", "2. Tokens"),
-           ("attention", "3. Attention of [CLS], block by block"), ("lens", "4. Logit lens")]
+           ("attention", "3. Attention of [CLS] in blocks 1, 2, ..."), ("lens", "4. Logit lens")]
 READINGS = {
     "patches": "The model never sees your photo as it is: resized and cropped to its input, then "
                "cut into these squares, each of which becomes one token.",
@@ -33,7 +33,7 @@ READINGS = {
     "answer": "The model's top five, the same as the last row of the lens.",
 }
 TOP_K = 5
-ELEM_ID = "walkthrough"  # prefix of the figures' element ids
+ELEM_ID = "walkthrough"  # the section's element id, and the prefix of its figures' ids
 
 
 def note(loaded: LoadedModel, steps: Walkthrough, settled: int, ms: float) -> str:
@@ -85,33 +85,34 @@ def step_figure(name: str, label: str) -> gr.Image:
 def build_section(ctx: AppContext):
     """The section's components; returns (image input, the event after which a picked example
     is in it) for the page to share the image with the other tabs."""
-    gr.Markdown(
-        "### Walkthrough: your image, step by step\n"
-        "How a Vision Transformer turns your image into an answer, step by step, in one forward "
-        "pass: it cuts the image into patches, turns each patch into a token, adds where the "
-        "patch sits, lets the tokens exchange information in its blocks, and reads the class "
-        "from the extra [CLS] token.")
-    with gr.Row():
-        with gr.Column(scale=1, min_width=280):
-            image = image_input(ctx.settings)
-            choice = model_dropdown(ctx.registry, SCRATCH, both=False)
-            run = gr.Button("Walk through", variant="primary")
-        with gr.Column(scale=1, min_width=280):
-            figures = {FIGURES[0][0]: step_figure(*FIGURES[0])}
-    with gr.Row():
-        for name, label in FIGURES[1:3]:
+    with gr.Column(elem_id=ELEM_ID):
+        gr.Markdown(
+            "### Walkthrough: your image, step by step\n"
+            "How a Vision Transformer turns your image into an answer, step by step, in one forward "
+            "pass: it cuts the image into patches, turns each patch into a token, adds where the "
+            "patch sits, lets the tokens exchange information in its blocks, and reads the class "
+            "from the extra [CLS] token.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                image = image_input(ctx.settings)
+                choice = model_dropdown(ctx.registry, SCRATCH, both=False)
+                run = gr.Button("Walk through", variant="primary")
+            with gr.Column(scale=1, min_width=280):
+                figures = {FIGURES[0][0]: step_figure(*FIGURES[0])}
+        with gr.Row():
+            for name, label in FIGURES[1:3]:
+                with gr.Column(min_width=280):
+                    figures[name] = step_figure(name, label)
+        with gr.Row():
             with gr.Column(min_width=280):
-                figures[name] = step_figure(name, label)
-    with gr.Row():
-        with gr.Column(min_width=280):
-            figures[FIGURES[3][0]] = step_figure(*FIGURES[3])
-        with gr.Column(min_width=280):
-            answer = gr.Label(num_top_classes=TOP_K, label="5. Answer", elem_id=f"{ELEM_ID}-answer")
-            gr.Markdown(READINGS["answer"])
-            notes = gr.Markdown()
-    with gr.Accordion("The numbers behind the figures", open=False):
-        values = gr.JSON(label="Values")
-    picked = examples(ctx, image)
+                figures[FIGURES[3][0]] = step_figure(*FIGURES[3])
+            with gr.Column(min_width=280):
+                answer = gr.Label(num_top_classes=TOP_K, label="5. Answer", elem_id=f"{ELEM_ID}-answer")
+                gr.Markdown(READINGS["answer"])
+                notes = gr.Markdown()
+        with gr.Accordion("The numbers behind the figures", open=False):
+            values = gr.JSON(label="Values")
+        picked = examples(ctx, image)
 
     @user_errors()
     def forward_walkthrough(image: str | None, model: str = SCRATCH):
