@@ -36,7 +36,7 @@ def lens_over(model, kind, data_cfg, images: torch.Tensor, batch_size: int) -> t
     with torch.inference_mode():
         for batch in images.split(batch_size):
             trace = adapter.forward_trace(model, preprocess_batch(batch, data_cfg))
-            out.append(logit_lens(lambda tokens: adapter.read_out(model, tokens), trace.blocks))
+            out.append(logit_lens(adapter, model, trace.blocks))
     return torch.cat(out)
 
 

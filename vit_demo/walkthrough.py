@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .adapters import ModelKind, adapter_for
+from .adapters import ModelAdapter, ModelKind, adapter_for
 from .inside import patch_size, principal_components, rounded
 from .overlay import value_grid
 from .rollout import cls_map, fuse_heads
@@ -82,12 +82,12 @@ def cls_attention(attentions: list[torch.Tensor], grid: tuple[int, int]) -> torc
     return torch.stack([cls_map(fuse_heads(a, "mean"), grid) for a in attentions], dim=1)
 
 
-def logit_lens(read_out, blocks: list[torch.Tensor]) -> torch.Tensor:
-    """Class probabilities (B, blocks, classes) that ``read_out`` (tokens (B, T, dim) to logits,
-    from [CLS]: ``ModelAdapter.read_out``) gives for the [CLS] token after each block; the
-    blocks' outputs are each (B, 1+N, dim)."""
+def logit_lens(adapter: ModelAdapter, model: nn.Module, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Class probabilities (B, blocks, classes) that ``model``'s final norm and head
+    (``adapter.read_out``) give for the [CLS] token after each block; the blocks' outputs are
+    each (B, 1+N, dim)."""
     cls = torch.stack([b[:, :1] for b in blocks], dim=1)  # (B, blocks, 1, dim)
-    logits = read_out(cls.flatten(0, 1))  # (B*blocks, classes)
+    logits = adapter.read_out(model, cls.flatten(0, 1))  # (B*blocks, classes)
     return logits.reshape(*cls.shape[:2], -1).float().softmax(dim=-1)  # (B, blocks, classes)
 
 
@@ -100,7 +100,7 @@ def walkthrough(model: nn.Module, kind: ModelKind | str, x: torch.Tensor) -> Wal
     with torch.inference_mode():
         trace = adapter.forward_trace(model, x)
         grid = adapter.patch_grid(model, x)
-        lens = logit_lens(lambda tokens: adapter.read_out(model, tokens), trace.blocks)
+        lens = logit_lens(adapter, model, trace.blocks)
         return Walkthrough(grid, patch_size(model), token_pca(trace.tokens[0]),
                            token_pca(trace.embedded[0]), cls_attention(trace.attentions, grid)[0],
                            lens[0], trace.logits[0].float().softmax(dim=-1))
