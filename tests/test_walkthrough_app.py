@@ -61,6 +61,8 @@ def test_walkthrough_api_serves_the_four_steps_of_the_scratch_model(app, client,
     with torch.no_grad():
         output = loaded.model(x).softmax(dim=-1)[0]
     np.testing.assert_allclose(got["lens"][-1], output.numpy(), atol=1e-4)
+    tops = lens.argmax(dim=-1).tolist()
+    assert got["settled_block"] == 1 + min(b for b in range(len(tops)) if set(tops[b:]) == {tops[-1]})
     maps = [a.mean(dim=0)[0, 1:].reshape(8, 8).numpy() for a in attentions]
     np.testing.assert_allclose(got["attention"], maps, rtol=1e-3, atol=1e-6)
     for step in ("patch_embeddings", "with_position_embeddings"):
@@ -71,7 +73,7 @@ def test_walkthrough_api_serves_the_four_steps_of_the_scratch_model(app, client,
     top = output.topk(5)
     assert [c["label"] for c in answer["confidences"]] == [loaded.classes[i] for i in top.indices]
     assert answer["label"] == loaded.classes[int(np.argmax(got["lens"][-1]))]
-    assert "Scratch ViT" in notes and f"of {len(lens)} on" in notes
+    assert "Scratch ViT" in notes and f"from block {got['settled_block']} of {len(lens)} on" in notes
 
 
 def test_walkthrough_api_refuses_what_it_cannot_walk_through(client, cifar_test, tmp_path):

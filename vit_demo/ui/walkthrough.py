@@ -23,9 +23,9 @@ FIGURES = [("patches", "1. Patches"), ("tokens", "2. Tokens"),
 READINGS = {
     "patches": "The model never sees your photo as it is: resized and cropped to its input, then "
                "cut into these squares, each of which becomes one token.",
-    "tokens": "Patches of one colour got similar tokens (first three principal components as red, "
-              "green, blue); the position embeddings add where each patch sits. [CLS] is the same "
-              "for every image until the blocks mix the patches into it.",
+    "tokens": "Patches drawn in one colour got similar tokens (their first three principal "
+              "components as red, green, blue); the position embeddings add where each patch "
+              "sits. [CLS] is the same for every image until the blocks mix the patches into it.",
     "attention": "Where [CLS] gathers from in each block (bright: much attention, heads "
                  "averaged, each map on its own scale): look for the blocks that settle on the object.",
     "lens": "Each row is the answer the model would give if it stopped after that block: look for "
@@ -42,9 +42,9 @@ def note(loaded: LoadedModel, steps: Walkthrough, settled: int, ms: float) -> st
     rows, cols = steps.grid
     lens = steps.lens
     final = int(lens[-1].argmax())
-    return (f"**{loaded.label}**: {rows * cols} patches, {len(lens)} blocks; *{loaded.classes[final]}* "
-            f"leads from block {settled} of {len(lens)} on and ends at {float(lens[-1, final]):.0%}. "
-            f"The whole walkthrough took {ms:.0f} ms.")
+    return (f"**{loaded.label}**: {rows * cols} patches, {len(lens)} blocks; the lens's top class "
+            f"is *{loaded.classes[final]}* from block {settled} of {len(lens)} on and ends at "
+            f"{float(lens[-1, final]):.0%}. The whole walkthrough took {ms:.0f} ms.")
 
 
 def walk(ctx: AppContext, image: str | None, model: str) -> tuple:
