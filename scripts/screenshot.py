@@ -4,7 +4,9 @@ CIFAR-10) image dropped once into the classify tab and used as it is in the atte
 Debian's chromium:
 
 - ``screenshot-classify.png``, ``screenshot-attention.png``, ``screenshot-compare.png`` at 1280 px;
-- ``screenshot-phone.png``: the classify tab on a 400 px phone, the result included.
+- ``screenshot-phone.png``: the classify tab on a 400 px phone, the result included;
+- ``screenshot-walkthrough.png``, ``screenshot-walkthrough-phone.png``: the walkthrough section
+  of the Inside the model tab for the same image at 1280 and 400 px.
 
     python scripts/screenshot.py [--out docs]
 
@@ -53,9 +55,22 @@ def run_classify(page, image: Path) -> None:
     panel.get_by_test_id("label-output-value").first.wait_for()
 
 
-def shoot(page, path: Path, shots: list[Path]) -> None:
+def run_walkthrough(page) -> object:
+    """Walk the image already in the page through the scratch model; returns the section."""
+    page.get_by_role("tab", name="Inside the model").click()
+    section = page.locator("#walkthrough")
+    section.get_by_role("button", name="Walk through").click()
+    section.locator("#walkthrough-answer [data-testid=label-output-value]").wait_for()
+    return section
+
+
+def shoot(page, path: Path, shots: list[Path], section=None) -> None:
+    """The whole page, or only ``section`` (a locator), as ``path``."""
     page.wait_for_timeout(1000)  # let the last updates settle
-    page.screenshot(path=str(path), full_page=True)
+    if section is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        section.screenshot(path=str(path))
     shots.append(path)
 
 
@@ -92,12 +107,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
             page.get_by_role("tab", name="Compare").click()
             page.locator("#compare-figures img").first.wait_for()
             shoot(page, args.out / "screenshot-compare.png", shots)
+            shoot(page, args.out / "screenshot-walkthrough.png", shots, run_walkthrough(page))
 
             phone = browser.new_page(viewport={"width": 400, "height": 860})
             phone.set_default_timeout(120_000)
             phone.goto(url)
             run_classify(phone, image)
             shoot(phone, args.out / "screenshot-phone.png", shots)
+            shoot(phone, args.out / "screenshot-walkthrough-phone.png", shots, run_walkthrough(phone))
             browser.close()
     finally:
         demo.close()

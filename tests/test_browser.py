@@ -7,6 +7,8 @@
 - Inside the model: opening the tab draws the scratch model's three figures, the same pictures
   ``/inside`` gives, with a reading under each.
 - Attention: the deletion and insertion scores of the map stand right beside it.
+- Walkthrough (in Inside the model), on a phone: the four figures are the ones ``/walkthrough``
+  gives for the same image, each at least 300 px wide, with a reading under each.
 - One image for the visit: a photo dropped in Classify is the photo of the Attention tab.
 - First look: at 400 px (a phone) the page is no wider than the screen and the tabs and the drop
   zone start within the first 1,200 px; the model status is a row of badges whose state is the
@@ -53,6 +55,7 @@ LEFT_LABEL = "Scratch ViT (CIFAR-10)"  # left output of the classify tab: the ch
 ATTENTION_LEFT = "#attention-left"  # the attention tab's left map (its title is beside it)
 PHONE = {"width": 400, "height": 800}
 FIRST_SCREENS_PX = 1200  # the tabs and the drop zone must start within this on a phone
+WALKTHROUGH_FIGURES = ("patches", "tokens", "attention", "lens")  # their element ids: walkthrough-NAME
 
 
 def chromium_path() -> str:
@@ -146,8 +149,11 @@ def upload_image(scope, label: str, path: Path) -> None:
 
 
 def shown_image(page, image_block) -> np.ndarray:
-    """The pixels of the picture an output image component shows, fetched as the page does."""
+    """The pixels of the picture an output image component shows, fetched as the page does
+    (scrolled to first: the page loads images lazily)."""
     img = image_block.locator("img").first
+    img.wait_for(state="attached")
+    img.scroll_into_view_if_needed()
     img.wait_for()
     response = page.request.get(img.get_attribute("src"))
     assert response.ok, response.status
@@ -224,6 +230,29 @@ def test_inside_tab_shows_the_figures_when_opened(page, client):
     for got, path in zip(shown, expected, strict=True):
         np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")))
     assert panel.get_by_text("Look for smooth colour blobs").is_visible()
+
+
+def test_walkthrough_shows_its_figures_on_a_phone(browser, app, client, cifar_test, tmp_path,
+                                                  request):
+    path = save_cifar(tmp_path, cifar_test, 8)
+    context, page = open_page(browser, app[0], PHONE)
+    try:
+        panel = open_tab(page, "Inside the model")
+        upload_image(panel, "Image", path)
+        panel.get_by_role("button", name="Walk through").click()
+        figures = [panel.locator(f"#walkthrough-{name}") for name in WALKTHROUGH_FIGURES]
+        shown = [shown_image(page, figure) for figure in figures]
+        block(panel, "5. Answer").get_by_test_id("label-output-value").wait_for()
+        expected = client.predict(handle_file(str(path)), "scratch", api_name="/walkthrough")[:4]
+        for got, expected_path in zip(shown, expected, strict=True):
+            np.testing.assert_array_equal(got, np.asarray(Image.open(expected_path).convert("RGB")))
+        for figure in figures:
+            assert figure.locator("img").first.bounding_box()["width"] >= 300
+        assert panel.get_by_text("Each row is the answer the model would give").is_visible()
+        assert page_width_overflow(page) <= 0
+    finally:
+        screenshot(page, request.node.name)
+        context.close()
 
 
 def test_attention_scores_stand_beside_the_map(page, tmp_path, cifar_test):

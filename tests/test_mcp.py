@@ -10,7 +10,8 @@ import json
 import urllib.request
 
 TOOLS = {"classify_image": "classify", "attention_rollout": "rollout", "compare_models": "compare",
-         "inside_figures": "inside", "status": "status", "finetune": "finetune"}
+         "inside_figures": "inside", "status": "status", "finetune": "finetune",
+         "forward_walkthrough": "walkthrough"}
 
 
 def mcp_schema(url: str) -> dict[str, dict]:
@@ -37,6 +38,9 @@ def test_mcp_tools_are_the_read_only_endpoints_with_their_api_parameters(app, cl
     rollout = tools["attention_rollout"]["inputSchema"]["properties"]
     assert rollout["method"]["enum"] == ["grad", "rollout", "raw"]
     assert tools["inside_figures"]["inputSchema"].get("required", []) == []  # the image is optional
+    walk = tools["forward_walkthrough"]["inputSchema"]
+    assert list(walk["properties"]) == ["image", "model"] and walk["required"] == ["image"]
+    assert "logit lens" in tools["forward_walkthrough"]["description"]
 
 
 def test_an_agent_lists_and_calls_tools_over_the_mcp_protocol(app, client):

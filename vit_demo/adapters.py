@@ -4,7 +4,10 @@
 a model of that kind is built from its card, how many blocks and heads it has, which patch grid
 it makes of an input, and how its attention probabilities are captured: our ``ViT`` through its
 ``return_attention`` path; timm's ``VisionTransformer`` run through its own submodules with the
-softmax attention written out (``timm_forward_with_attention``).
+softmax attention written out (``timm_forward_with_attention``); and how one forward pass is
+traced step by step (``forward_trace``: the tokens before and after the position embeddings,
+every block's output and attention) and how the final norm and head read a class from [CLS]
+(``read_out``).
 
 Capturing attention changes no module and no global state; the model must be in eval mode
 (checked, not changed).
@@ -12,13 +15,22 @@ Capturing attention changes no module and no global state; the model must be in 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
 
 from .card import ModelCard, ModelKind
 from .model import ViT
+
+
+class ForwardTrace(NamedTuple):
+    """One forward pass, step by step (token 0 = [CLS] throughout)."""
+    tokens: torch.Tensor  # (B, 1+N, dim) [CLS] and the patch embeddings, before position embeddings
+    embedded: torch.Tensor  # (B, 1+N, dim) the first block's input: position embeddings added
+    blocks: list[torch.Tensor]  # per block its output tokens (B, 1+N, dim), before the final norm
+    attentions: list[torch.Tensor]  # per block its attention probabilities (B, heads, 1+N, 1+N)
+    logits: torch.Tensor  # (B, classes)
 
 
 class ModelAdapter(Protocol):
@@ -35,6 +47,14 @@ class ModelAdapter(Protocol):
         """Logits (B, classes) and each block's attention probabilities (B, heads, T, T),
         token 0 = [CLS], under the caller's grad mode; ``ValueError`` for a model it cannot
         explain."""
+
+    def forward_trace(self, model: nn.Module, x: torch.Tensor) -> ForwardTrace:
+        """The forward pass of images ``x`` step by step, with the attention; its logits are
+        ``read_out`` of the last block's tokens. ``ValueError`` as ``forward_with_attention``."""
+
+    def read_out(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) that the model's final norm and head give for the [CLS] token of
+        ``tokens`` (B, T, dim), token 0 = [CLS]."""
 
 
 def _check_eval(model: nn.Module) -> None:
@@ -60,13 +80,30 @@ class ScratchAdapter:
 
     def forward_with_attention(self, model: nn.Module, x: torch.Tensor
                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self._check(model)
+        return model(x, return_attention=True)
+
+    def forward_trace(self, model: nn.Module, x: torch.Tensor) -> ForwardTrace:
+        self._check(model)
+        tokens, x = model.embed(x)  # each (B, 1+N, dim); dropout is off in eval
+        embedded, blocks, attentions = x, [], []
+        for block in model.blocks:
+            x, attn = block(x, return_attention=True)
+            blocks.append(x)
+            attentions.append(attn)
+        return ForwardTrace(tokens, embedded, blocks, attentions, self.read_out(model, x))
+
+    def read_out(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(tokens)
+
+    @staticmethod
+    def _check(model: nn.Module) -> None:
         if not isinstance(model, ViT):
             raise ValueError(f"expected vit_demo.model.ViT for kind 'scratch', got {type(model).__name__}")
         if model.cfg.pool != "cls":
             raise ValueError(f"this ViT pools with pool={model.cfg.pool!r}; a [CLS] map explains the "
                              "prediction only with pool='cls'")
         _check_eval(model)
-        return model(x, return_attention=True)
 
 
 def check_timm_supported(model: nn.Module) -> None:
@@ -94,21 +131,35 @@ def check_timm_supported(model: nn.Module) -> None:
 
 def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
                                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``ModelAdapter.forward_with_attention`` of a timm ``VisionTransformer``.
+    """``ModelAdapter.forward_with_attention`` of a timm ``VisionTransformer`` (see
+    ``timm_forward_trace``). Under grad the returned attentions are part of the graph, so
+    d(logit)/d(attention) can be taken."""
+    trace = timm_forward_trace(model, x)
+    return trace.logits, trace.attentions
+
+
+def timm_read_out(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``ModelAdapter.read_out`` of a timm ``VisionTransformer``: its final norm, then its head."""
+    return model.forward_head(model.norm(tokens))
+
+
+def timm_forward_trace(model: nn.Module, x: torch.Tensor) -> ForwardTrace:
+    """``ModelAdapter.forward_trace`` of a timm ``VisionTransformer``.
 
     Follows ``VisionTransformer.forward_features`` / ``forward_head`` and ``Block.forward`` /
     ``Attention.forward`` (timm 1.0) step by step, with the softmax attention written out where
     timm would call ``scaled_dot_product_attention``. The logits equal ``model(x)`` (fused or
-    not) up to float rounding. Under grad the returned attentions are part of the graph, so
-    d(logit)/d(attention) can be taken.
+    not) up to float rounding.
     """
     check_timm_supported(model)
     _check_eval(model)
-    x = model.patch_embed(x)  # (B, N, dim), or (B, rows, cols, dim) with dynamic_img_size
-    x = model._pos_embed(x)  # (B, 1+N, dim)
+    patches = model.patch_embed(x)  # (B, N, dim), or (B, rows, cols, dim) with dynamic_img_size
+    tokens = torch.cat([model.cls_token.expand(x.shape[0], -1, -1),
+                        patches.flatten(1, -2)], dim=1)  # (B, 1+N, dim)
+    x = model._pos_embed(patches)  # (B, 1+N, dim)
     x = model.patch_drop(x)
     x = model.norm_pre(x)
-    attentions = []
+    embedded, blocks, attentions = x, [], []
     for blk in model.blocks:
         attn_mod = blk.attn
         y = blk.norm1(x)  # (B, T, dim)
@@ -127,8 +178,8 @@ def timm_forward_with_attention(model: nn.Module, x: torch.Tensor
         y = attn_mod.proj_drop(attn_mod.proj(y))  # (B, T, dim)
         x = x + blk.drop_path1(blk.ls1(y))
         x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    x = model.norm(x)
-    return model.forward_head(x), attentions
+        blocks.append(x)
+    return ForwardTrace(tokens, embedded, blocks, attentions, timm_read_out(model, x))
 
 
 class TimmAdapter:
@@ -152,6 +203,8 @@ class TimmAdapter:
         return tuple(model.patch_embed.grid_size)
 
     forward_with_attention = staticmethod(timm_forward_with_attention)
+    forward_trace = staticmethod(timm_forward_trace)
+    read_out = staticmethod(timm_read_out)
 
 
 ADAPTERS: dict[ModelKind, ModelAdapter] = {a.kind: a for a in (ScratchAdapter(), TimmAdapter())}

@@ -52,20 +52,26 @@ def patch_position_embedding(model: nn.Module, grid: tuple[int, int]) -> torch.T
     return pos[-n:]  # (N, dim)
 
 
-def filter_components(weight: torch.Tensor, k: int = COMPONENTS) -> FilterComponents:
-    """The first ``k`` (at most C*ph*pw) principal components of the ``dim`` filters ``weight``
-    (dim, C, ph, pw), each flattened and centred on the mean filter; a component's arbitrary sign
-    is fixed so that its largest-magnitude value is positive."""
-    flat = weight.detach().double().flatten(1)  # (dim, C*ph*pw)
-    centred = flat - flat.mean(dim=0, keepdim=True)
-    _, s, vt = torch.linalg.svd(centred, full_matrices=False)  # vt: (r, C*ph*pw), s descending
+def principal_components(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` (at most all) principal directions of ``rows`` (n, d), centred on their
+    mean, as unit vectors (k, d) float64, and the fraction of the variance along each (k,); a
+    direction's arbitrary sign is fixed so that its largest-magnitude value is positive."""
+    rows = rows.detach().double()
+    centred = rows - rows.mean(dim=0, keepdim=True)
+    _, s, vt = torch.linalg.svd(centred, full_matrices=False)  # vt: (r, d), s descending
     k = min(k, vt.shape[0])
-    top = vt[:k]  # (k, C*ph*pw)
+    top = vt[:k]  # (k, d)
     peak = top.gather(1, top.abs().argmax(dim=1, keepdim=True))  # (k, 1)
     top = top * torch.where(peak < 0, -1.0, 1.0)
     variance = s**2
-    explained = variance[:k] / variance.sum().clamp_min(1e-300)  # (k,)
-    return FilterComponents(top.reshape(k, *weight.shape[1:]).float(), explained.float())
+    return top, variance[:k] / variance.sum().clamp_min(1e-300)
+
+
+def filter_components(weight: torch.Tensor, k: int = COMPONENTS) -> FilterComponents:
+    """The first ``k`` (at most C*ph*pw) principal components of the ``dim`` filters ``weight``
+    (dim, C, ph, pw), each flattened and centred on the mean filter (``principal_components``)."""
+    top, explained = principal_components(weight.flatten(1), k)  # (k, C*ph*pw), (k,)
+    return FilterComponents(top.reshape(len(top), *weight.shape[1:]).float(), explained.float())
 
 
 def position_similarity(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -114,6 +120,11 @@ def attention_distance_over(model: nn.Module, kind: ModelKind | str, x: torch.Te
             _, attentions, grid = forward_with_attention(model, kind, batch)
             total = total + mean_attention_distance(attentions, grid, patch_size(model)) * len(batch)
     return total / len(x)  # (layers, heads)
+
+
+def rounded(values: torch.Tensor, digits: int = 4) -> list:
+    """``values`` as nested lists of floats rounded to ``digits`` decimal places (for JSON)."""
+    return values.double().numpy().round(digits).tolist()
 
 
 def _mean(values: torch.Tensor) -> float | None:

@@ -18,7 +18,8 @@ from .adapters import ModelKind, adapter_for
 from .data import DataConfig, preprocess_batch
 from .inside import (FilterComponents, attention_distance_over, filter_components,
                      patch_embedding_weight, patch_position_embedding, patch_size,
-                     position_similarity, similarity_by_grid_distance, uniform_attention_distance)
+                     position_similarity, rounded, similarity_by_grid_distance,
+                     uniform_attention_distance)
 
 FILTER_COLUMNS = 7  # the paper's figure: 28 filters in 4 rows of 7
 
@@ -34,10 +35,10 @@ class WeightFigures:
     def to_json(self) -> dict:
         rows, cols = self.similarity.shape[:2]
         return {"components": len(self.components.filters),
-                "explained_variance": _rounded(self.components.explained),
+                "explained_variance": rounded(self.components.explained),
                 "filter_shape": list(self.components.filters.shape[1:]),
                 "grid_size": [rows, cols],
-                "position_similarity": _rounded(self.similarity.reshape(rows * cols, rows * cols), 3),
+                "position_similarity": rounded(self.similarity.reshape(rows * cols, rows * cols), 3),
                 "position_similarity_by_grid_distance": {
                     k: None if v is None else round(v, 4) for k, v in self.grid_summary.items()}}
 
@@ -51,29 +52,32 @@ class DistanceFigure:
     png: bytes
 
     def to_json(self) -> dict:
-        return {"mean_attention_distance_px": _rounded(self.distance, 3),
+        return {"mean_attention_distance_px": rounded(self.distance, 3),
                 "uniform_attention_distance_px": round(self.uniform, 3),
                 "images": self.images, "source": self.source}
 
 
-def _rounded(values: torch.Tensor, digits: int = 4) -> list:
-    return np.round(values.double().numpy(), digits).tolist()
-
-
-def agg_figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
-    """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its axes: one, or
-    an array of ``ncols`` side by side."""
+def agg_canvas(width: float, height: float):
+    """An empty figure of ``width`` x ``height`` inches drawn by Agg (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def agg_figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
+    """A figure of ``width`` x ``height`` inches drawn by Agg (no pyplot), and its axes: one, or
+    an array of ``ncols`` side by side."""
+    fig = agg_canvas(width, height)
     return fig, fig.subplots(1, ncols, sharey=sharey)
 
 
-def png_bytes(fig) -> bytes:
+def png_bytes(fig, dpi: float | None = None) -> bytes:
+    """The figure as PNG, at ``dpi`` (None: the figure's own, 100)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", dpi=dpi or "figure")
     return buffer.getvalue()
 
 

@@ -189,6 +189,14 @@ class ViT(nn.Module):
     def grid_size(self) -> tuple[int, int]:
         return self.cfg.grid_size
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) to the tokens [CLS] + patches (B, 1+N, dim), before and after
+        the position embeddings are added (before any dropout)."""
+        patches = self.patch_embed(x)  # (B, N, dim)
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)  # (B, 1, dim)
+        tokens = torch.cat([cls, patches], dim=1)  # (B, 1+N, dim)
+        return tokens, tokens + self.pos_embed
+
     def forward_features(self, x: torch.Tensor, return_attention: bool = False
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images (B, C, H, W) to encoder tokens (B, 1+N, dim), before the final norm.
@@ -196,9 +204,8 @@ class ViT(nn.Module):
         With ``return_attention`` also every layer's attention probabilities, each
         (B, heads, 1+N, 1+N); token 0 is [CLS].
         """
-        x = self.patch_embed(x)  # (B, N, dim)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, dim)
-        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, 1+N, dim)
+        _, x = self.embed(x)
+        x = self.pos_drop(x)  # (B, 1+N, dim)
         x = patch_dropout(x, self.cfg.patch_drop, self.training)  # (B, 1+kept, dim) in training
         attns = []
         for block in self.blocks:

@@ -20,7 +20,7 @@ from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
 from ..registry import LOADING, SCRATCH, VITB16, Registry
 from ..settings import Settings
-from . import attention, classify, compare, finetune, inside
+from . import attention, classify, compare, finetune, inside, walkthrough
 from .cache_budget import CacheBudget
 from .common import (CSS, AppContext, default_choice, model_choices, share_image,
                      status_badges, status_details)
@@ -76,8 +76,10 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
         with gr.Tab("Fine-tune"):
             finetune.build_tab(ctx)
         with gr.Tab("Inside the model") as inside_tab:
+            walkthrough_image, walkthrough_picked = walkthrough.build_section(ctx)
             inside.build_tab(ctx, inside_tab)
-        share_image([(classify_image, classify_picked), (attention_image, attention_picked)])
+        share_image([(classify_image, classify_picked), (attention_image, attention_picked),
+                     (walkthrough_image, walkthrough_picked)])
         timer = gr.Timer(3.0, active=False)
 
         def page_state(on_load: bool):

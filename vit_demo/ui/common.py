@@ -170,24 +170,26 @@ def default_choice(registry: Registry) -> str:
     return BOTH if all(registry.status(k).state == READY for k in (SCRATCH, VITB16)) else SCRATCH
 
 
-def model_choices(registry: Registry) -> list[tuple[str, str]]:
-    """(label, key) pairs for a dropdown: both side by side (when both can be used), then every
-    model, an unavailable one marked so."""
+def model_choices(registry: Registry, both: bool = True) -> list[tuple[str, str]]:
+    """(label, key) pairs for a dropdown: both side by side (when both can be used and ``both``
+    is offered), then every model, an unavailable one marked so."""
     statuses = registry.statuses()
     usable = {s.key for s in statuses if s.state != UNAVAILABLE}
-    pairs = [("Scratch ViT and ViT-B/16, side by side", BOTH)] if {SCRATCH, VITB16} <= usable else []
+    side_by_side = both and {SCRATCH, VITB16} <= usable
+    pairs = [("Scratch ViT and ViT-B/16, side by side", BOTH)] if side_by_side else []
     for status in statuses:
         note = "" if status.state in (READY, NOT_LOADED) else f" [{status.state}]"
         pairs.append((status.label + note, status.key))
     return pairs
 
 
-def model_dropdown(registry: Registry, value: str | None = None) -> gr.Dropdown:
-    """The model choice (``value`` default: ``default_choice``); its choices are read again when
-    it gets the focus, so that a fine-tune finished after the page was built is offered."""
-    dropdown = gr.Dropdown(model_choices(registry), value=value or default_choice(registry),
+def model_dropdown(registry: Registry, value: str | None = None, both: bool = True) -> gr.Dropdown:
+    """The model choice (``value`` default: ``default_choice``; ``both``: offer both side by
+    side); its choices are read again when it gets the focus, so that a fine-tune finished after
+    the page was built is offered."""
+    dropdown = gr.Dropdown(model_choices(registry, both), value=value or default_choice(registry),
                            label="Model", allow_custom_value=True)
-    dropdown.focus(lambda: gr.Dropdown(choices=model_choices(registry)), outputs=[dropdown],
+    dropdown.focus(lambda: gr.Dropdown(choices=model_choices(registry, both)), outputs=[dropdown],
                    api_visibility="private")
     return dropdown
 
