@@ -14,6 +14,7 @@ so concurrent requests can share it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from contextlib import suppress
@@ -40,6 +41,7 @@ VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
 
 READY, LOADING, UNAVAILABLE, NOT_LOADED = "ready", "loading", "unavailable", "not loaded"
+log = logging.getLogger(__name__)
 
 
 class ModelUnavailable(RuntimeError):
@@ -187,11 +189,13 @@ class Registry:
                 self._errors[key] = self._explain(key, exc)
                 del self._loading[key]
             event.set()
+            log.warning("%s: unavailable: %s", self.label(key), self._errors[key])
             raise ModelUnavailable(f"{self.label(key)} is unavailable: {self._errors[key]}") from exc
         with self._lock:
             self._loaded[key] = loaded
             del self._loading[key]
         event.set()
+        log.info("%s: ready (weights: %s)", loaded.label, loaded.source)
         return loaded
 
     def load_in_background(self, key: str) -> threading.Thread:
