@@ -316,6 +316,7 @@ def build_tab(ctx: AppContext):
                       "more inputs at 224 px)")
             run = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=2, min_width=280):
+            bar = gr.HTML(colour_bar(DEFAULT_COLORMAP, "grad"), elem_id="attention-colour-bar")
             with gr.Row():
                 with gr.Column(min_width=260):
                     left = gr.Image(label="Scratch ViT / chosen model", show_label=False, format="png",
@@ -327,7 +328,6 @@ def build_tab(ctx: AppContext):
                                      interactive=False, elem_id=RIGHT_ID)
                     right_faith = gr.Markdown(elem_id=f"{RIGHT_ID}-faithfulness")
                     right_label = gr.Label(num_top_classes=TOP_K, label="Prediction")
-            bar = gr.HTML(colour_bar(DEFAULT_COLORMAP, "grad"), elem_id="attention-colour-bar")
             notes = gr.Markdown()
             with gr.Accordion("Map values per patch (raw, before normalising for display)", open=False):
                 values = gr.JSON(label="Values")
