@@ -4,8 +4,8 @@ with no CIFAR-10 on the machine and no Hugging Face hub, visited tab by tab at 1
 - The page's visible text (accordions closed) has no operator words: no environment variable,
   exception class, shell command, file name or server path; no bare "Error".
 - Fine-tune: Start is off, with the reason beside it.
-- Inside the model: no empty figure box; on the phone every figure is at least 300 px wide,
-  with no label over it.
+- Inside the model: no empty figure box; no label or button over a figure's title; on the
+  phone every figure is at least 300 px wide.
 - Compare: on the phone every table fits the screen's width.
 - A photo dropped in Classify is the photo of Attention and Inside the model.
 - The server's terminal: no traceback (a refused request is one line), at most one line about
@@ -140,6 +140,14 @@ def test_a_visitor_meets_plain_words_and_only_what_can_run(browser, bare_server,
             img = figure.locator("img")
             assert img.count() == 1 and img.get_attribute("src"), i  # no empty box
             assert figure.get_by_test_id("block-label").filter(visible=True).count() == 0
+            # its buttons sit above the picture (whose top holds the title), not over it
+            picture_top = img.evaluate("i => i.getBoundingClientRect().top + "
+                                       "parseFloat(getComputedStyle(i).paddingTop)")
+            buttons = figure.locator(".icon-button").filter(visible=True).all()
+            assert buttons, i
+            for button in buttons:
+                box = button.bounding_box()
+                assert box["y"] + box["height"] <= picture_top + 1, (i, box, picture_top)
             if phone:
                 assert img.bounding_box()["width"] >= 300, i
         assert_plain(page, "Inside the model, drawn")

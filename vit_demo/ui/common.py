@@ -349,6 +349,8 @@ CSS = """
 .toast-title.error { visibility: hidden; font-size: 0; }
 .toast-title.error::after { content: "Cannot do that"; visibility: visible;
                             font-size: var(--text-md); }
+/* Inside's figures: their buttons sit above the picture, not over its title */
+.inside-figure img { padding-top: 32px; }
 /* the attention maps' colour bar */
 .colour-bar { display: flex; align-items: center; gap: 8px; font-size: 0.9em; }
 .colour-bar-scale { flex: 1 1 auto; height: 14px; border-radius: 3px; min-width: 120px; }

@@ -185,10 +185,12 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> tuple[gr.Image, gr.Dropdown]:
             image = image_input(ctx.settings, "Image for the distance figure (optional)")
     left: list[gr.Image] = []
     right: list[gr.Image] = []
-    # Each figure carries its title; no label over it. Hidden until drawn; on a phone (a row
+    # Each figure carries its title; no label over it, its buttons above it (the page's CSS).
+    # Hidden until drawn; on a phone (a row
     # narrower than two min_widths) the two models' figures stack.
     figure = partial(gr.Image, type="filepath", format="png", interactive=False, show_label=False,
-                     visible=False, min_width=300, elem_classes=["inside-figure"])
+                     visible=False, min_width=300, elem_classes=["inside-figure"],
+                     buttons=["fullscreen", "download"])
     for name, label in FIGURES:
         with gr.Row():
             left.append(figure(label=label, elem_id=f"inside-{name}-left"))
