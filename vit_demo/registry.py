@@ -35,7 +35,7 @@ BOTH = "both"  # the pages' choice "scratch and ViT-B/16 side by side"
 RESERVED_KEYS = (SCRATCH, VITB16, BOTH)  # never a fine-tuned model's key
 SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
 NO_SCRATCH = (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in weights/; train "
-              f"it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` (see the README)")
+              f"it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` (see docs/training.md)")
 VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"

@@ -27,7 +27,7 @@ from .common import (BOTH, INFERENCE, AppContext, examples, image_input, load_mo
 PREDICTED = "predicted"  # target class: whatever the model predicts
 TOP_K = 3
 # Gradient-weighted rollout first, and the default: on the shipped scratch model it explains the
-# prediction best by the deletion and insertion scores (benchmarks/bench_faithfulness.py, README).
+# prediction best by the deletion and insertion scores (benchmarks/bench_faithfulness.py, docs/faithfulness.md).
 METHOD_CHOICES = [("Gradient-weighted rollout for a target class", "grad"),
                   ("Attention rollout", "rollout"),
                   ("Raw attention of one layer and head", "raw")]
