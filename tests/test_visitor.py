@@ -6,7 +6,8 @@ with no CIFAR-10 on the machine and no Hugging Face hub, visited tab by tab at 1
 - Fine-tune: Start is off, with the reason beside it.
 - Inside the model: no empty figure box; no label or button over a figure's title; on the
   phone every figure is at least 300 px wide.
-- Compare: on the phone every table fits the screen's width.
+- Compare: on the phone every table fits the screen's width; a tap opens the confusion matrix
+  at its full size (1.5 times the phone's view at least).
 - A photo dropped in Classify is the photo of Attention and Inside the model.
 - The server's terminal: no traceback (a refused request is one line), at most one line about
   the hub.
@@ -158,6 +159,14 @@ def test_a_visitor_meets_plain_words_and_only_what_can_run(browser, bare_server,
         for table in panel.locator("table").all():
             box = table.bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], box
+        # a tap opens the confusion matrix at its full size; a tap beside it closes it
+        matrix = panel.locator("#compare-figures img").first
+        shown = matrix.evaluate("i => [i.clientWidth, i.naturalWidth]")
+        matrix.click()
+        assert matrix.evaluate("i => i.clientWidth") == shown[1] > shown[0] * (1.5 if phone else 0)
+        screenshot(page, f"{name}-confusion-open")
+        page.mouse.click(5, viewport["height"] - 5)
+        assert matrix.evaluate("i => i.clientWidth") == shown[0]
     finally:
         screenshot(page, name)
         context.close()

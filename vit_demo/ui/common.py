@@ -355,10 +355,12 @@ CSS = """
 .colour-bar { display: flex; align-items: center; gap: 8px; font-size: 0.9em; }
 .colour-bar-scale { flex: 1 1 auto; height: 14px; border-radius: 3px; min-width: 120px; }
 .colour-bar-caption { font-size: 0.85em; color: var(--body-text-color-subdued); }
-/* a confusion matrix: a tap (focus) shows it over the whole screen; a second tap elsewhere closes */
+/* a confusion matrix: a tap (focus) opens it over the whole screen at its full size, scrolling
+   where the screen is smaller; a tap beside the picture closes it */
 .figures img { cursor: zoom-in; }
-.figures img:focus { position: fixed; inset: 0; width: 100vw; height: 100vh; max-width: none;
-                     object-fit: contain; background: white; z-index: 1000; cursor: zoom-out; }
+.figures figure:focus-within { position: fixed; inset: 0; max-width: none; overflow: auto;
+                               background: white; z-index: 1000; padding: 12px; }
+.figures figure:focus-within img { width: auto; max-width: none; cursor: zoom-out; }
 @media (max-width: 480px) {
   .tab-wrapper .tab-container button { padding-left: 3px !important; padding-right: 3px !important;
                                        font-size: 0.82em !important; }

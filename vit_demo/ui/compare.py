@@ -79,10 +79,10 @@ def figures_html(rows: list[ModelFigures]) -> str:
         caption = html.escape(f"{r.label}: confusion matrix from the card's test run ({r.note}); "
                               "rows: true class, columns: predicted")
         data = _confusion_base64(r.metrics.test.confusion, r.label)
-        # tabindex: a tap focuses the figure, and the page's CSS shows it full screen
+        # tabindex: a tap focuses the figure, and the page's CSS shows it full size, full screen
         parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}" '
                      f'tabindex="0" title="tap to enlarge"><figcaption>{caption} (tap to '
-                     "enlarge)</figcaption></figure>")
+                     "enlarge, beside it to close)</figcaption></figure>")
     if not parts:
         return "<p>No confusion matrices yet: no model has measured figures in its card.</p>"
     return '<div class="figures">' + "".join(parts) + "</div>"
