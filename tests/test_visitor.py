@@ -10,7 +10,7 @@ with no CIFAR-10 on the machine and no Hugging Face hub, visited tab by tab at 1
   at its full size (1.5 times the phone's view at least).
 - A photo dropped in Classify is the photo of Attention and Inside the model.
 - The server's terminal: no traceback (a refused request is one line), at most one line about
-  the hub.
+  the hub, and one sentence on what is missing offline and what still works.
 
 Screenshots land in ``artifacts/browser/visitor-*.png`` (gitignored).
 """
@@ -181,3 +181,5 @@ def test_the_terminal_is_quiet(bare_server, browser):
     assert len([line for line in text.splitlines() if re.search(r"\bhub\b", line, re.I)]) <= 1, text
     assert "Scratch ViT (CIFAR-10): ready" in text and "ViT-B/16" in text
     assert "refused: Add an image first" in text, text
+    assert ("Offline: CIFAR-10 (the example images and the fine-tune tab) and ViT-B/16 are "
+            "missing; the scratch ViT works on your own photos") in text, text

@@ -55,14 +55,14 @@ def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
 
 
 def offline_summary(ctx: AppContext) -> str:
-    """One sentence for the terminal of a server without network: what is missing, what works."""
+    """One sentence for the terminal of a server working offline: what is missing, what works."""
     ctx.registry.load_in_background(VITB16).join()  # without network it fails at once
     missing = ([] if ctx.gallery.state == GALLERY_READY else
                ["CIFAR-10 (the example images and the fine-tune tab)"])
     missing += [] if ctx.registry.status(VITB16).state == READY else ["ViT-B/16"]
     if not missing:
-        return "No network: everything this page needs is on this machine."
-    return (f"No network: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+        return "Offline: everything this page needs is on this machine."
+    return (f"Offline: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
             "missing; the scratch ViT works on your own photos in Classify, Attention and "
             "Inside the model.")
 
