@@ -232,7 +232,7 @@ def keys_for(choice: str, registry: Registry) -> list[str]:
 
 def load_models(registry: Registry, choice: str) -> dict[str, LoadedModel | None]:
     """The loaded model of each key ``choice`` stands for, None for one that is unavailable; a
-    ``gr.Error`` saying why and how to get them when none is available."""
+    ``gr.Error`` saying so in a visitor's words when none is available (the log says why)."""
     loaded: dict[str, LoadedModel | None] = {}
     for key in keys_for(choice, registry):
         try:
