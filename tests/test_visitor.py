@@ -183,3 +183,27 @@ def test_the_terminal_is_quiet(bare_server, browser):
     assert "refused: Add an image first" in text, text
     assert ("Offline: CIFAR-10 (the example images and the fine-tune tab) and ViT-B/16 are "
             "missing; the scratch ViT works on your own photos") in text, text
+
+
+def test_inside_side_by_side_stacks_on_a_phone(browser, vitb16_app, monkeypatch):
+    """Both models ready: Inside shows both by default; on a 400 px phone the two columns
+    stack (each model's figure under the other's), every figure at least 300 px wide."""
+    from vit_demo.registry import ModelKind
+    from vit_demo.ui import inside as inside_tab
+
+    monkeypatch.setitem(inside_tab.DISTANCE_IMAGES, ModelKind.TIMM, 2)  # seconds, not minutes
+    context, page = open_page(browser, vitb16_app[0], PHONE)
+    try:
+        panel = open_tab(page, "Inside the model")
+        assert panel.get_by_label("Model").input_value().endswith("side by side")
+        page.wait_for_function("[...document.querySelectorAll('.inside-figure img')]"
+                               ".filter(i => i.offsetParent && i.complete).length === 6")
+        screenshot(page, "visitor-400-inside-both")
+        for name in ("filters", "positions", "distance"):
+            left = panel.locator(f"#inside-{name}-left img").bounding_box()
+            right = panel.locator(f"#inside-{name}-right img").bounding_box()
+            assert left["width"] >= 300 and right["width"] >= 300, name
+            assert right["y"] >= left["y"] + left["height"], name  # stacked, not side by side
+        assert page_width_overflow(page) <= 0
+    finally:
+        context.close()
