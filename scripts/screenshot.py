@@ -1,12 +1,11 @@
 """Take the README's screenshots from the page as it is: the app with the shipped weights and
 ViT-B/16 as a visitor sees it on a server without its weights (the hub offline), a drawn (not
-CIFAR-10) image dropped once into the classify tab and used as it is in the attention tab, in
-Debian's chromium:
+CIFAR-10) image dropped once into the classify tab and used as it is in the other tabs, in
+Debian's chromium, at 1280 px (a laptop) and 400 px (a phone):
 
-- ``screenshot-classify.png``, ``screenshot-attention.png``, ``screenshot-compare.png`` at 1280 px;
-- ``screenshot-phone.png``: the classify tab on a 400 px phone, the result included;
-- ``screenshot-walkthrough.png``, ``screenshot-walkthrough-phone.png``: the walkthrough section
-  of the Inside the model tab for the same image at 1280 and 400 px.
+- ``screenshot-{classify,attention,compare,inside,walkthrough}.png`` at 1280 px, each tab's
+  result shown (the walkthrough: that section of the Inside the model tab);
+- ``screenshot-phone-{classify,attention,compare,inside,walkthrough}.png``: the same at 400 px.
 
     python scripts/screenshot.py [--out docs]
 
@@ -74,6 +73,24 @@ def shoot(page, path: Path, shots: list[Path], section=None) -> None:
     shots.append(path)
 
 
+def shoot_tabs(page, image: Path, out: Path, prefix: str, shots: list[Path]) -> None:
+    """Every tab with its result, the photo dropped once in Classify: ``{prefix}{tab}.png``."""
+    run_classify(page, image)
+    shoot(page, out / f"{prefix}classify.png", shots)
+    page.get_by_role("tab", name="Attention").click()  # the same image, not dropped again
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel.get_by_role("button", name="Show attention").click()
+    panel.locator("#attention-left-faithfulness").get_by_text("centre first").wait_for()
+    shoot(page, out / f"{prefix}attention.png", shots)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-figures img").first.wait_for()
+    shoot(page, out / f"{prefix}compare.png", shots)
+    page.get_by_role("tab", name="Inside the model").click()
+    page.locator("#inside-distance-left img").wait_for()
+    shoot(page, out / f"{prefix}inside.png", shots)
+    shoot(page, out / f"{prefix}walkthrough.png", shots, run_walkthrough(page))
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -94,27 +111,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
                                         args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)
-            page.goto(url)
-            run_classify(page, image)
-            shoot(page, args.out / "screenshot-classify.png", shots)
-            page.get_by_role("tab", name="Attention").click()  # the same image, not dropped again
-            panel = page.get_by_role("tabpanel").filter(visible=True)
-            panel.get_by_role("button", name="Show attention").click()
-            panel.locator("#attention-left-faithfulness").get_by_text("centre first").wait_for()
-            shoot(page, args.out / "screenshot-attention.png", shots)
-            page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-figures img").first.wait_for()
-            shoot(page, args.out / "screenshot-compare.png", shots)
-            shoot(page, args.out / "screenshot-walkthrough.png", shots, run_walkthrough(page))
-
-            phone = browser.new_page(viewport={"width": 400, "height": 860})
-            phone.set_default_timeout(120_000)
-            phone.goto(url)
-            run_classify(phone, image)
-            shoot(phone, args.out / "screenshot-phone.png", shots)
-            shoot(phone, args.out / "screenshot-walkthrough-phone.png", shots, run_walkthrough(phone))
+            for width, height, prefix in ((1280, 900, "screenshot-"), (400, 860, "screenshot-phone-")):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.set_default_timeout(120_000)
+                page.goto(url)
+                shoot_tabs(page, image, args.out, prefix, shots)
+                page.close()
             browser.close()
     finally:
         demo.close()

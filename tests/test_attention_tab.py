@@ -4,6 +4,8 @@ independently written preprocessing."""
 
 from __future__ import annotations
 
+import html
+
 import matplotlib
 import numpy as np
 import pytest
@@ -251,7 +253,7 @@ def test_rollout_api_scratch_equals_explain_and_vitb16_is_unavailable(settings, 
 
     assert right is None and not right_label
     assert values["vit-b16"]["available"] is False
-    assert "unavailable" in values["vit-b16"]["reason"]
+    assert "not available here" in values["vit-b16"]["reason"]
     assert "ViT-B/16" in notes and "not available" in notes and "8x8 patches" in notes
     assert "Error" not in notes and not right_faith
     assert "deletion" in left_faith and "centre first" in left_faith
@@ -298,7 +300,7 @@ def test_rollout_api_on_a_photo_and_as_the_model_saw_it(client, app, tmp_path):
 
 
 def test_rollout_api_vitb16_alone_offline_is_a_clear_error(client, cifar_test, tmp_path):
-    with pytest.raises(AppError, match="unavailable.*Hugging Face hub"):
+    with pytest.raises(AppError, match=r"ViT-B/16.*not available here \(weights not on this server\)"):
         _rollout(client, _save_png(tmp_path, cifar_test.x[13].numpy()), choice="vit-b16")
 
 
@@ -421,3 +423,36 @@ def test_rollout_api_both_models_side_by_side(vitb16_app, cifar_test, tmp_path):
     # the scratch map is scored on every request, ViT-B/16's only when asked
     assert values["scratch"]["faithfulness"] is not None and values["vit-b16"]["faithfulness"] is None
     assert "deletion" in left_faith and "not scored" in right_faith
+
+
+def test_the_colour_bar_runs_along_the_colormap_and_says_what_it_means():
+    from vit_demo.ui.attention import MEANINGS, colour_bar
+
+    bar = colour_bar("viridis", "rollout")
+    low, high = matplotlib.colormaps["viridis"](0.0), matplotlib.colormaps["viridis"](1.0)
+    hexes = ["#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3]) for rgba in (low, high)]
+    assert bar.index(hexes[0]) < bar.index(hexes[1])  # low on the left, high on the right
+    assert ">low<" in bar and ">high<" in bar
+    assert "[CLS] token" in MEANINGS["rollout"] and html.escape(MEANINGS["rollout"]) in bar
+
+
+def test_an_empty_head_field_means_all_heads():
+    from vit_demo.ui.attention import MapSettings
+
+    settings = dict(method="raw", head_fusion="mean", discard_ratio=0.0, start_layer=0,
+                    target_class="predicted", layer=-1)
+    assert MapSettings(**settings, head="").head is None
+    assert MapSettings(**settings, head=" 2 ").head == 2
+
+
+@pytest.mark.parametrize("size, strips", [((48, 32), True), ((40, 40), False)])
+def test_the_notes_explain_the_dimmed_strips_when_there_are_some(app, tmp_path, size, strips):
+    from vit_demo.ui.attention import DIMMED, MapSettings, rollout
+
+    _, ctx = app
+    path = tmp_path / "photo.png"
+    Image.new("RGB", size, (120, 60, 30)).save(path)
+    settings = MapSettings("rollout", "mean", 0.0, 0, "predicted", -1)
+    notes = rollout(ctx, str(path), "scratch", settings, scored=False)[5]
+    assert (DIMMED in notes) == strips
+    assert "colours span" not in notes

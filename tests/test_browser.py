@@ -223,10 +223,10 @@ def test_attention_tab_shows_the_overlay_and_prediction(page, app, client, cifar
 
 def test_inside_tab_shows_the_figures_when_opened(page, client):
     panel = open_tab(page, "Inside the model")
-    shown = [shown_image(page, block(panel, label)) for label in
-             ("Patch-embedding filters", "Position-embedding similarity", "Mean attention distance")]
+    shown = [shown_image(page, panel.locator(f"#inside-{name}-left"))
+             for name in ("filters", "positions", "distance")]
     screenshot(page, "inside-opened")
-    expected = client.predict("both", None, api_name="/inside")[:3]
+    expected = client.predict("scratch", None, api_name="/inside")[:3]
     for got, path in zip(shown, expected, strict=True):
         np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")))
     assert panel.get_by_text("Look for smooth colour blobs").is_visible()
@@ -366,10 +366,10 @@ def test_model_status_is_current_and_plain_at_page_load(browser, app):
         assert "Error" not in body and "LocalEntryNotFound" not in body
         choice = open_tab(page, "Classify").get_by_label("Model")
         assert choice.input_value() == "Scratch ViT (CIFAR-10)"  # not "both": ViT-B/16 is missing
-        page.get_by_text("Model details").click()
-        details = page.locator("#model-details")
-        details.get_by_text("network access").wait_for()
-        screenshot(page, "model-details-open")
+        page.get_by_text("For the person running this server").click()
+        details = page.locator("#operator")
+        details.get_by_text("network access").first.wait_for()
+        screenshot(page, "operator-details-open")
         assert "Error" not in details.inner_text()
     finally:
         context.close()
@@ -416,8 +416,9 @@ def test_compare_figures_are_whole(browser, measured_app, viewport, request):
             assert facts["w"] <= facts["nw"] and facts["right"] <= viewport["width"], facts
             assert facts["w"] >= min(facts["nw"], 0.8 * viewport["width"]) - 40, facts  # readable size
         assert page_width_overflow(page) <= 0
-        # header cells: one line each, as wide as their words (no break inside a word)
-        for th in panel.locator("#compare-summary th").all():
+        # header cells: one line each, as wide as their words (no break inside a word); on a
+        # phone the rows stack, each cell under its header's words
+        for th in panel.locator("#compare-summary th").filter(visible=True).all():
             lines = th.evaluate("e => Math.round(e.getBoundingClientRect().height / "
                                 "parseFloat(getComputedStyle(e).lineHeight))")
             assert lines == 1, th.inner_text()

@@ -84,18 +84,18 @@ def test_classify_both_without_hub_reports_vitb16_unavailable(client, cifar_test
     left, right, notes = client.predict(handle_file(str(path)), "both", api_name="/classify")
     assert left["label"] in CLASSES and len(left["confidences"]) == 5
     assert not right
-    # named once, briefly, pointing at the details; no exception text in the page
-    assert "ViT-B/16" in notes and "not available" in notes and "Model details" in notes
-    assert "Error" not in notes and "hf-hub" not in notes
+    # named once, briefly; no exception text, hub name or variable in the page
+    assert "ViT-B/16" in notes and "not available here (weights not on this server)" in notes
+    assert "Error" not in notes and "hf-hub" not in notes and "VIT_DEMO" not in notes
 
 
 def test_classify_vitb16_alone_without_hub_is_a_clear_error(client, cifar_test, tmp_path):
     from gradio_client.exceptions import AppError
 
     path = _save_png(tmp_path, cifar_test.x[4])
-    with pytest.raises(AppError, match="unavailable.*Hugging Face hub.*network access") as info:
+    with pytest.raises(AppError, match="ViT-B/16.*not available here") as info:
         client.predict(handle_file(str(path)), "vit-b16", api_name="/classify")
-    assert "Error:" not in str(info.value)
+    assert "Error:" not in str(info.value) and "`" not in str(info.value)  # no Markdown either
 
 
 def test_classify_unknown_model_is_refused(client, cifar_test, tmp_path):
@@ -121,22 +121,23 @@ def test_status_api_lists_every_model_with_its_state(client, cifar_test, tmp_pat
 
 
 def test_page_says_briefly_which_model_is_missing_and_defaults_to_one_that_works(app):
-    """ViT-B/16 offline: badges name it once with a short reason, the details say how to get
-    it, no exception text anywhere; the default model is the scratch one and "both" is not
-    offered."""
-    from vit_demo.ui.common import (BOTH, default_choice, model_choices, status_badges,
-                                    status_details, unavailable_message)
+    """ViT-B/16 offline: badges name it once with a short reason, the operator's details say
+    how to get it, no exception text anywhere; the default model is the scratch one, and
+    neither "both" nor ViT-B/16 is offered."""
+    from vit_demo.ui.common import (BOTH, default_choice, model_choices, operator_details,
+                                    status_badges, unavailable_message)
 
     _, ctx = app
     ctx.registry.load_in_background("vit-b16").join()
     assert ctx.registry.status("vit-b16").state == "unavailable"
     assert default_choice(ctx.registry) == "scratch"
-    assert BOTH not in [key for _, key in model_choices(ctx.registry)]
+    assert [key for _, key in model_choices(ctx.registry)] == ["scratch"]
     badges = status_badges(ctx.registry)
     assert badges.count('data-state="unavailable"') == 1 and "weights not on this server" in badges
     assert badges.count('data-state="ready"') == 1
-    details = status_details(ctx.registry)
+    details = operator_details(ctx)
     assert "network access" in details and "vit-b16-cifar10.safetensors" in details
+    assert "VIT_DEMO_VITB16_HUB" in details
     message = unavailable_message(ctx.registry, "vit-b16")
     for text in (badges, details, message):
         assert "Error" not in text and "LocalEntryNotFound" not in text

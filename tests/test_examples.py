@@ -47,8 +47,10 @@ def test_gallery_without_a_source_is_empty_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     gallery = open_gallery(tmp_path / "no-data-here")
     assert gallery.state == ABSENT and gallery.paths == []
-    assert gallery.message.startswith("No example images: CIFAR-10 (test) is not available")
-    assert "VIT_DEMO_DATA_DIR" in gallery.message
+    # the visitor reads that it is missing; the operator which file and variable
+    assert gallery.message == "No example images: CIFAR-10 is not on this server."
+    assert gallery.detail.startswith("CIFAR-10 (test) is not available")
+    assert "VIT_DEMO_DATA_DIR" in gallery.detail
     note = gallery_note(gallery)
     assert note.startswith("No example images") and note.endswith("Drop a photo of your own instead.")
     assert str(tmp_path) not in note
@@ -143,11 +145,11 @@ def test_the_app_serves_while_cifar10_downloads_then_the_examples_appear(
         assert ctx.gallery.state == DOWNLOADING
         page = page_text(url)
         assert "Downloading CIFAR-10..." in page and DOWNLOADING_NOTE in page
-        assert DOWNLOADING_NOTE in readiness(ctx)
+        assert DOWNLOADING_NOTE in readiness(ctx, "scratch")
         assert "cat 1" in page  # the examples are there by name
         with pytest.raises(Exception, match="Downloading CIFAR-10"):
             client.predict(0, api_name="/classify_example")
-        with pytest.raises(Exception, match="still downloading"):
+        with pytest.raises(Exception, match="while CIFAR-10 downloads"):
             client.predict("scratch", 3000, 1, 0, 16, 1e-3, False, 0, "early", 200, 200,
                            api_name="/finetune")
         assert not list(examples_cache.rglob("*.png"))  # a failed example is not cached
@@ -155,7 +157,7 @@ def test_the_app_serves_while_cifar10_downloads_then_the_examples_appear(
         fake.finish()
         next(t for t in threading.enumerate() if t.name == "cifar10-download").join(30)
         assert_exact_test_images(ctx.gallery, cifar_test)
-        assert gallery_note(ctx.gallery) == "" and DOWNLOADING_NOTE not in readiness(ctx)
+        assert gallery_note(ctx.gallery) == "" and DOWNLOADING_NOTE not in readiness(ctx, "scratch")
         for k in (0, 7, 19):  # an airplane, a cat, a truck
             image, choice, left, right, notes = client.predict(k, api_name="/classify_example")
             expected = ctx.gallery.paths[k]

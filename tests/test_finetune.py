@@ -379,31 +379,61 @@ def test_optional_parameters_take_the_form_defaults(ft_app, ft_client):
     assert all(p["parameter_has_default"] for p in params.values())
 
 
-def test_vit_b16_base_offline_fails_clearly(ft_app, ft_client):
+def test_vit_b16_base_offline_is_refused_before_it_starts(ft_app, ft_client):
+    """Hub off and the base not cached: no job starts (nothing to fail later on every page)."""
+    before = _state(ft_client.predict(api_name="/finetune_status"))
     args = form(base="vit-b16", name="vit-b16-offline", train_images=32, batch_size=16,
                 freeze_backbone=True, val_images=0, test_images=10)
     with pytest.raises(Exception) as info:
         ft_client.submit(**args, api_name="/finetune").result(timeout=JOB_TIMEOUT)
     text = str(info.value)
-    assert "ViT-B/16 base is unavailable" in text and "HF_HUB_OFFLINE=1" in text, text
-    assert "network access" in text
-    state = _state(ft_client.predict(api_name="/finetune_status"))
-    assert state["status"] == "failed" and "pretrained weights" in state["error"]
+    assert "ViT-B/16's pretrained weights are not on this server" in text, text
+    assert "HF_HUB_OFFLINE" not in text and "VIT_DEMO" not in text  # the operator's words stay in the log
+    after = _state(ft_client.predict(api_name="/finetune_status"))
+    assert after["id"] == before["id"] and after["status"] == before["status"]
     assert not list(ft_app[2].store.folder.glob("vit-b16-offline*"))
 
 
-def test_the_tab_says_before_start_what_data_is_missing(tmp_path, data_dir, monkeypatch):
+def test_vit_b16_base_offline_tells_the_visitor_and_the_operator_apart():
+    from vit_demo.finetune.job import JobError, build_base
+    from vit_demo.finetune.request import FinetuneRequest
+
+    request = FinetuneRequest(base="vit-b16", train_images=32, batch_size=16, freeze_backbone=True,
+                              val_images=0, test_images=10, name="offline")
+    with pytest.raises(JobError) as info:
+        build_base(request, None)
+    assert "HF_HUB_OFFLINE=1" in str(info.value) and "VIT_DEMO_FINETUNE_BASE" in str(info.value)
+    assert info.value.visitor.startswith("ViT-B/16's pretrained weights are not on this server")
+    assert "HF_" not in info.value.visitor and "VIT_DEMO" not in info.value.visitor
+
+
+def test_the_tab_turns_start_off_while_the_data_is_missing(tmp_path, data_dir, monkeypatch):
     from types import SimpleNamespace
 
     from vit_demo.examples import ExampleGallery
-    from vit_demo.ui.finetune import readiness
+    from vit_demo.ui.finetune import operator_note, readiness
 
     no_download = ExampleGallery(tmp_path / "examples")
-    assert readiness(SimpleNamespace(data_dir=data_dir, gallery=no_download)) == ""
+    assert readiness(SimpleNamespace(data_dir=data_dir, gallery=no_download), "scratch") == ""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no torchvision archive either
-    text = readiness(SimpleNamespace(data_dir=str(tmp_path / "empty"), gallery=no_download))
-    heading, *lines = text.splitlines()
-    assert heading == "**Before you start:**"
-    assert len(lines) == 2 and lines[0].startswith("- CIFAR-10 (train) is not available")
-    assert lines[1].startswith("- CIFAR-10 (test) is not available") and "VIT_DEMO_DATA_DIR" in text
-    assert str(tmp_path) not in text
+    missing = SimpleNamespace(data_dir=str(tmp_path / "empty"), gallery=no_download)
+    text = readiness(missing, "scratch")
+    assert text == "Start is off: CIFAR-10 is not on this server, and a job trains and tests on it."
+    detail = operator_note(missing)  # the operator's accordion: which files, which variable
+    assert "CIFAR-10 (train) is not available" in detail and "CIFAR-10 (test)" in detail
+    assert "VIT_DEMO_DATA_DIR" in detail and str(tmp_path) not in detail
+
+
+def test_a_failed_job_is_red_only_on_the_page_that_started_it():
+    from vit_demo.finetune.runner import FAILED, STARTING, JobState
+    from vit_demo.ui.finetune import progress_html
+
+    failed = JobState(id=3, status=FAILED, error="CIFAR-10 is not on this server",
+                      request={"base": "scratch", "name": "x"}, device="cpu", owner="me")
+    mine, others = progress_html(failed, mine=True), progress_html(failed, mine=False)
+    assert "#b91c1c" in mine and "CIFAR-10 is not on this server" in mine and "failed" in mine
+    assert "#b91c1c" not in others and "not on this server" not in others
+    assert "failed" not in others and "<b>ended</b>" in others
+    starting = JobState(id=4, status=STARTING, request={"base": "vit-b16", "name": "y"},
+                        device="cpu", log=["12:00:00 getting ViT-B/16's pretrained weights"])
+    assert "getting ViT-B/16&#x27;s pretrained weights..." in progress_html(starting)

@@ -15,7 +15,7 @@ class ModelFigures:
     key: str
     label: str
     available: bool
-    note: str  # why figures are missing, or where they come from
+    note: str  # why figures are missing, or where they come from, in a visitor's words
     metrics: Metrics = Metrics()  # the card's, with its parameter count when not measured
 
 
@@ -23,20 +23,18 @@ def figures(registry: Registry, key: str) -> ModelFigures:
     status = registry.status(key)
     label = status.label
     if status.state == UNAVAILABLE:
-        return ModelFigures(key, label, False, f"unavailable: {status.reason}")
+        return ModelFigures(key, label, False, "not available on this server")
     folder, name = registry.source(key)
     if folder != registry.weights_dir:
         state = "loaded" if status.state == READY else status.state
         return ModelFigures(key, label, True,
-                            f"weights from {status.source} ({state}); no card with measured figures: "
-                            "fine-tune or evaluate it locally to add one")
+                            f"weights from {status.source} ({state}); no measured figures")
     try:
         card = read_card(folder, name)
-    except CheckpointError as exc:
-        return ModelFigures(key, label, False, str(exc))
+    except CheckpointError:
+        return ModelFigures(key, label, False, "its card could not be read")
     if card.metrics.test is None:
-        return ModelFigures(key, label, True, f"card {name}.json has no measured figures yet: run "
-                            f"`python -m vit_demo evaluate --name {name} --update-card`")
+        return ModelFigures(key, label, True, "no measured figures yet")
     return ModelFigures(key, label, True,
-                        f"measured {card.metrics.date or card.date or '?'}, card {name}.json",
+                        f"measured {card.metrics.date or card.date or '?'} by the evaluation code",
                         replace(card.metrics, params=card.metrics.params or card.params))

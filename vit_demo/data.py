@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from .notices import Explained
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 DATA_DIR_ENV = "VIT_DEMO_DATA_DIR"
@@ -25,8 +27,15 @@ VAL_SIZE = 5000  # held out of the 50k training images, fixed by SPLIT_SEED
 SPLIT_SEED = 0
 
 
-class DataUnavailable(RuntimeError):
-    """CIFAR-10 could not be found locally nor downloaded; the message says how to get it."""
+NO_DATA = "CIFAR-10 is not on this server"  # what a visitor is told, whatever the cause
+
+
+class DataUnavailable(Explained, RuntimeError):
+    """CIFAR-10 could not be found locally nor downloaded; the message says how to get it (for
+    the operator), ``visitor`` only that it is not there."""
+
+    def __init__(self, operator: str):
+        super().__init__(operator, NO_DATA)
 
 
 def download_root() -> Path:
@@ -77,7 +86,8 @@ def _unavailable(split: str, root: Path | None, download: bool) -> str:
     where = "the data directory" if root is not None else f"${DATA_DIR_ENV} (unset)"
     return (f"CIFAR-10 ({split}) is not available: no cifar10_{split}.npz in {where}, and "
             f"torchvision's CIFAR-10 archive could not be {'downloaded' if download else 'found'}. "
-            f"Set {DATA_DIR_ENV} to a folder with the arrays, or run once with network access.")
+            f"Set {DATA_DIR_ENV} to a folder with the arrays, or start the app with "
+            "VIT_DEMO_DOWNLOAD_DATA=1 (scripts/start.sh does) and network access.")
 
 
 def data_problem(split: str, data_dir: str | os.PathLike | None = None) -> str:

@@ -104,14 +104,14 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     counts = np.asarray(confusion, dtype=np.int64)
     frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = agg_figure(7.5, 6.5)
+    fig, ax = agg_figure(5.6, 5.0)  # small enough that its digits stay legible on a phone
     image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     for i, j in np.ndindex(counts.shape):
-        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=9,
                 color="white" if frac[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title)

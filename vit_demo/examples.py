@@ -20,7 +20,7 @@ from .data import CLASSES, DataUnavailable, Split, class_balanced_indices, data_
 
 READY, DOWNLOADING, FAILED, ABSENT = "ready", "downloading", "failed", "absent"
 DOWNLOAD_FAILED = ("Downloading CIFAR-10 failed, so this server has no example images and cannot "
-                   "fine-tune. Restarting the app tries again.")
+                   "fine-tune.")
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +28,7 @@ class ExampleGallery:
     """``per_class`` CIFAR-10 test images of every class as PNG files in ``folder``, and where
     their source stands: ``ready``, ``downloading``, ``failed`` (the download did not end well)
     or ``absent`` (no copy here and no download asked for). ``message`` says why there are no
-    images, naming no path of the server."""
+    images in a visitor's words; ``detail`` says it for the person running the server."""
 
     def __init__(self, folder: Path | None = None, per_class: int = 2):
         self.folder = Path(folder or tempfile.mkdtemp(prefix="vit-demo-examples-"))
@@ -37,7 +37,7 @@ class ExampleGallery:
         self.names = [f"{label} {k + 1}" for label in CLASSES for k in range(per_class)]
         self._lock = threading.Lock()
         # set only by ``_set``; paths: one PNG per example, in the order of ``names``, once ready
-        self.state, self.paths, self.message = ABSENT, [], ""
+        self.state, self.paths, self.message, self.detail = ABSENT, [], "", ""
 
     def fill(self, load_test: Callable[[], Split]) -> None:
         """Write the examples from the test split ``load_test`` returns; on ``DataUnavailable``
@@ -45,11 +45,13 @@ class ExampleGallery:
         try:
             test = load_test()
         except DataUnavailable as exc:
-            self._set(FAILED if self.state == DOWNLOADING else ABSENT, [], f"No example images: {exc}")
+            self._set(FAILED if self.state == DOWNLOADING else ABSENT, [],
+                      f"No example images: {exc.visitor}.", str(exc))
             return
-        except Exception:  # a network error, a bad archive: logged here, said plainly on the page
-            log.exception("downloading CIFAR-10 failed")
-            self._set(FAILED, [], DOWNLOAD_FAILED)
+        except Exception as exc:  # a network error, a bad archive: one line in the log
+            detail = f"downloading CIFAR-10 failed: {type(exc).__name__}: {exc}"
+            log.warning("%s (restarting the app tries again)", detail)
+            self._set(FAILED, [], DOWNLOAD_FAILED, detail)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -58,11 +60,13 @@ class ExampleGallery:
             Image.fromarray(test.x[i].numpy()).save(path)  # the exact 32x32 pixels of the test set
             paths.append(path)
         self._set(READY, paths, "")
+        log.info("CIFAR-10: ready (%d example images)", len(paths))
 
     def fill_in_background(self, load_test: Callable[[], Split]) -> threading.Thread:
         """``fill`` in a daemon thread, ``downloading`` until it ends; returns the thread."""
         self._set(DOWNLOADING, [], "Downloading CIFAR-10 (170 MB); the example images appear "
                                    "when it is done.")
+        log.info("CIFAR-10: downloading in the background (170 MB)")
         thread = threading.Thread(target=self.fill, args=(load_test,), name="cifar10-download",
                                   daemon=True)
         thread.start()
@@ -77,9 +81,9 @@ class ExampleGallery:
             raise ValueError(self.message or "No example images on this server.")
         return self.paths[self.names.index(name)]
 
-    def _set(self, state: str, paths: list[Path], message: str) -> None:
+    def _set(self, state: str, paths: list[Path], message: str, detail: str = "") -> None:
         with self._lock:
-            self.state, self.paths, self.message = state, paths, message
+            self.state, self.paths, self.message, self.detail = state, paths, message, detail
 
 
 def open_gallery(data_dir=None, download: bool = False, folder: Path | None = None,

@@ -15,7 +15,7 @@ subject, so a map must beat this guess to show more than that).
 
 All curves of one image are evaluated in one batched pass of the model (``perturbed_count``
 inputs). The step count is the price: the attention tab scores at ``PAGE_STEPS`` (19 inputs for
-three maps), the README's table at ``DEFAULT_STEPS`` (44);
+three maps), docs/faithfulness.md's table at ``DEFAULT_STEPS`` (44);
 ``benchmarks/bench_faithfulness.py --compare-steps`` measures how far apart the two are.
 """
 
@@ -33,7 +33,7 @@ DEFAULT_STEPS = 8  # curve points minus one: patches are removed in ``steps`` eq
 # instead of 44. Over 200 CIFAR-10 test images its scores lie 0.03 from the 8-step ones on
 # average, the verdict against a centre guess agrees for 88 % of the images and the one-line
 # reading for 82 %, as often as the 8-step reading with another random order (83 %); at 2 steps
-# only 56 % (README, "How faithful are the maps").
+# only 56 % (docs/faithfulness.md).
 PAGE_STEPS = 4
 BATCH_SIZE = 256  # inputs per forward pass
 # The map counts as explaining the prediction better than a baseline when its deletion score is

@@ -43,8 +43,36 @@ HUB_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
+HUB_HOST = "huggingface.co"
+
+
 class HubUnavailable(RuntimeError):
     """The hub model cannot be loaded; the message says why and how to get it."""
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (its name resolves, port 443)."""
+    import socket
+
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub works from its cache only (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def hub_file_cached(repo_id: str, filename: str = SAFETENSORS_FILE) -> bool:
+    """Whether ``filename`` of ``repo_id`` is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
 
 
 def load_hub_vit(name: str) -> tuple[nn.Module, DataConfig]:

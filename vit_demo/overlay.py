@@ -128,6 +128,19 @@ def _blend(region: np.ndarray, heatmap, colormap: str, opacity: float, grid: boo
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def colormap_stops(colormap: str, n: int = 9) -> list[str]:
+    """``n`` colours (``#rrggbb``) evenly along ``colormap`` from low to high, for a colour bar."""
+    check_colormap(colormap)
+    rgb = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, n))[:, :3]  # (n, 3) in [0, 1]
+    return ["#" + "".join(f"{round(255 * c):02x}" for c in row) for row in rgb]
+
+
+def crops_the_photo(size: tuple[int, int], box: tuple[float, float, float, float]) -> bool:
+    """Whether ``box`` (``crop_box``) leaves strips of a photo of ``size`` outside, dimmed."""
+    left, top, right, bottom = box
+    return left > 0.5 or top > 0.5 or size[0] - right > 0.5 or size[1] - bottom > 0.5
+
+
 def crop_box(size: tuple[int, int], input_size: tuple[int, int], crop_pct: float = 1.0
              ) -> tuple[float, float, float, float]:
     """The region (left, top, right, bottom), in the photo's pixels, that the model's input

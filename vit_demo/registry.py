@@ -14,6 +14,7 @@ so concurrent requests can share it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from contextlib import suppress
@@ -34,12 +35,13 @@ BOTH = "both"  # the pages' choice "scratch and ViT-B/16 side by side"
 RESERVED_KEYS = (SCRATCH, VITB16, BOTH)  # never a fine-tuned model's key
 SCRATCH_CHECKPOINT = "vit-scratch-cifar10"  # its file name in weights/
 NO_SCRATCH = (f"no {SCRATCH_CHECKPOINT}.safetensors + {SCRATCH_CHECKPOINT}.json in weights/; train "
-              f"it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` (see the README)")
+              f"it with `python -m vit_demo train --name {SCRATCH_CHECKPOINT}` (see docs/training.md)")
 VITB16_CHECKPOINT = "vit-b16-cifar10"  # a shipped ViT-B/16 checkpoint, preferred to the hub
 VITB16_HUB_ENV = "VIT_DEMO_VITB16_HUB"
 DEFAULT_VITB16_HUB = f"{HUB_PREFIX}{VITB16_HUB_REPO}"
 
 READY, LOADING, UNAVAILABLE, NOT_LOADED = "ready", "loading", "unavailable", "not loaded"
+log = logging.getLogger(__name__)
 
 
 class ModelUnavailable(RuntimeError):
@@ -187,11 +189,13 @@ class Registry:
                 self._errors[key] = self._explain(key, exc)
                 del self._loading[key]
             event.set()
+            log.warning("%s: unavailable: %s", self.label(key), self._errors[key])
             raise ModelUnavailable(f"{self.label(key)} is unavailable: {self._errors[key]}") from exc
         with self._lock:
             self._loaded[key] = loaded
             del self._loading[key]
         event.set()
+        log.info("%s: ready (weights: %s)", loaded.label, loaded.source)
         return loaded
 
     def load_in_background(self, key: str) -> threading.Thread:

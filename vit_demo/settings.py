@@ -1,7 +1,7 @@
 """The limits a deployment sets, read once from the environment at start-up.
 
 Defaults are safe for a public Space, where every visitor is anonymous: a private deployment
-may raise them (``VIT_DEMO_<FIELD>``, e.g. ``VIT_DEMO_MAX_JOB_S=3600``); see the README.
+may raise them (``VIT_DEMO_<FIELD>``, e.g. ``VIT_DEMO_MAX_JOB_S=3600``); see docs/spaces.md.
 """
 
 from __future__ import annotations

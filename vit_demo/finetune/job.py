@@ -4,7 +4,8 @@
 ``("log", str)``, ``("started", dict)``, ``("baseline", dict)`` (validation accuracy before
 this run's first step), ``("progress", dict)`` per optimizer step, ``("saved", ModelCard)`` (the
 card, untested) once the weights are on disk, ``("testing", dict)`` per test batch,
-``("result", dict)`` with the test metrics, or ``("error", str)``. Closing the generator cancels
+``("result", dict)`` with the test metrics, or ``("error", dict)`` (a ``Notice`` as a dict:
+its ``visitor`` and ``operator`` texts). Closing the generator cancels
 the job at its next event; a ``cancel`` event (when the job runs in this process) stops it
 sooner, between batches.
 """
@@ -12,9 +13,10 @@ sooner, between batches.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,19 +26,25 @@ import torch.nn as nn
 
 from ..card import ModelCard, Origin, Recipe, Training
 from ..checkpoint import save_tensors
-from ..data import CLASSES, DataConfig, Split, load_cifar10, train_val_split
+from ..data import NO_DATA, CLASSES, DataConfig, Split, data_problem, load_cifar10, train_val_split
 from ..evaluate import param_count
-from ..hub import FINETUNE_BASE
+from ..hub import FINETUNE_BASE, hub_file_cached, hub_offline
+from ..notices import Explained, Notice, notice_of
 from ..registry import VITB16, ModelKind, Registry, load_checkpoint
 from ..train import Trainer, TrainResult, accuracy_metrics, confusion_matrix, evaluate
 from .policy import eval_batch_size, gpu_wrapped, training_device
 from .request import FinetuneRequest
 
 BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
+NO_BASE = ("ViT-B/16's pretrained weights are not on this server, so it cannot be fine-tuned "
+           "here; the scratch ViT can be")
+BUG = "The job stopped on an error in the server; the person running it can read why in its log."
+log = logging.getLogger(__name__)
 
 
-class JobError(ValueError):
-    """Something the person must change or know; the message says what."""
+class JobError(Explained, ValueError):
+    """Something the person must change or know: ``visitor`` says what, the message gives the
+    operator's detail (the same text unless it names the server's settings)."""
 
 
 def base_timm_name() -> str:
@@ -65,14 +73,7 @@ def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module,
         try:
             model = timm.create_model(name, pretrained=True, num_classes=len(CLASSES))
         except Exception as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-            raise JobError(
-                f"The ViT-B/16 base is unavailable: timm could not get the pretrained weights "
-                f"{name!r} ({type(exc).__name__}). They are not in the local Hugging Face cache"
-                + (" and the hub is switched off (HF_HUB_OFFLINE=1)" if offline else
-                   " and the hub could not be reached")
-                + ". Run the app once with network access so that timm caches them, set "
-                f"{BASE_ENV} to a timm model that is cached, or fine-tune the scratch ViT.") from exc
+            raise JobError(base_detail(name, exc), NO_BASE + ".") from exc
         # The whole 32 px image is resized to the input size, in training as at inference.
         data_cfg = replace(DataConfig.from_dict(timm.data.resolve_model_data_config(model)),
                            crop_pct=1.0)
@@ -88,9 +89,35 @@ def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module,
                                     origin=Origin.of(card))
 
 
-def prepare(request: FinetuneRequest, registry: Registry, data_dir: str | None) -> Prepared:
-    """The base model and the data subsets of ``request``."""
+def base_detail(name: str, exc: Exception | None = None) -> str:
+    """Why the ViT-B/16 base cannot be had, and how to get it, for the operator."""
+    why = f" ({type(exc).__name__})" if exc is not None else ""
+    return (f"timm's pretrained weights {name!r} are not in the local Hugging Face cache{why}"
+            + (" and the hub is switched off (HF_HUB_OFFLINE=1)" if hub_offline() else
+               " and the hub could not be reached")
+            + ". Start the app once with network access so that timm caches them, or set "
+            f"{BASE_ENV} to a timm model that is cached.")
+
+
+def blocker(base: str, data_dir: str | None) -> Notice | None:
+    """Why a job from ``base`` cannot run on this server now (None: it can): CIFAR-10 missing,
+    or ViT-B/16's pretrained weights neither cached nor downloadable. Reads no data."""
+    problems = [p for p in (data_problem(s, data_dir) for s in ("train", "test")) if p]
+    if problems:
+        return Notice(f"Start is off: {NO_DATA}, and a job trains and tests on it.",
+                      " ".join(problems))
+    if base == VITB16 and hub_offline() and not hub_file_cached(f"timm/{base_timm_name()}"):
+        return Notice(f"Start is off for ViT-B/16: {NO_BASE}.", base_detail(base_timm_name()))
+    return None
+
+
+def prepare(request: FinetuneRequest, registry: Registry, data_dir: str | None,
+            say: Callable[[str], None] = lambda line: None) -> Prepared:
+    """The base model and the data subsets of ``request``; ``say`` hears what it is doing."""
+    say("getting ViT-B/16's pretrained weights (about 350 MB the first time) and building it"
+        if request.base == VITB16 else f"loading the base model {request.base}")
     model, card = build_base(request, registry)
+    say("loading CIFAR-10")
     train, val = train_val_split(load_cifar10("train", data_dir, download=False))
     test = load_cifar10("test", data_dir, download=False)
     if request.train_images > len(train) or request.val_images > len(val):
@@ -147,7 +174,9 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
             yield "testing", {"done": int(confusion.sum()), "of": len(job.test)}
         yield "result", {"test": accuracy_metrics(confusion)}
     except Exception as exc:
-        yield "error", str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, ValueError):  # a bug of ours: the traceback goes to the log
+            log.exception("the fine-tune job failed")
+        yield "error", asdict(notice_of(exc, BUG))
 
 
 run_train_job = gpu_wrapped(train_job)

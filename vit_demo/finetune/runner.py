@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -27,7 +28,8 @@ from ..card import AccuracyMetrics, Metrics, ModelCard, write_card
 from ..data import CLASSES
 from ..registry import VITB16, Registry
 from ..settings import Settings
-from .job import JobError, base_timm_name, prepare, run_train_job
+from ..notices import notice_of
+from .job import BUG, JobError, base_timm_name, blocker, prepare, run_train_job
 from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
 from .request import FinetuneRequest, InvalidRequest
 from .store import FinetuneStore, keep_newest
@@ -36,6 +38,7 @@ MAX_LOG_LINES = 200
 IDLE, STARTING, RUNNING, STOPPING, SAVING, TESTING, DONE, CANCELLED, FAILED = (
     "idle", "starting", "running", "stopping", "saving", "testing", "done", "cancelled", "failed")
 ACTIVE = (STARTING, RUNNING, STOPPING, SAVING, TESTING)
+log = logging.getLogger(__name__)
 
 
 class JobBusy(ValueError):
@@ -64,7 +67,7 @@ class JobState:
     log: list[str] = field(default_factory=list)
     metrics: dict | None = None  # {"test": evaluate(...)} at the end
     model_key: str | None = None  # the new model's key (its checkpoint name) in the other tabs
-    error: str | None = None
+    error: str | None = None  # why the job failed, in a visitor's words (the log has the detail)
     started: float | None = None  # time.time()
     finished: float | None = None
     owner: str = field(default="", repr=False)  # session that started the job; never shown
@@ -151,9 +154,13 @@ class JobRunner:
 
     # -- control ------------------------------------------------------------------------
     def check(self, request: FinetuneRequest) -> float:
-        """The checks that need the server: the base exists, the job fits the budget (and, on
-        ZeroGPU, the GPU window); the estimated seconds."""
+        """The checks that need the server: the job can run here (``JobError``: CIFAR-10 or
+        the base's weights missing), the base exists, the job fits the budget (and, on ZeroGPU,
+        the GPU window); the estimated seconds."""
         problems = []
+        blocked = blocker(request.base, self.data_dir)
+        if blocked is not None:  # the visitor's words, and the operator's for the log
+            raise JobError(blocked.operator, blocked.visitor)
         bases = self.registry.finetune_bases()
         if request.base not in self.registry.keys():
             problems.append(f"base {request.base!r} is not a model of this app; choose one of: "
@@ -238,7 +245,7 @@ class JobRunner:
         over_budget.daemon = True
         over_budget.start()
         try:  # the folders are made by the first write into them
-            job = prepare(request, self.registry, self.data_dir)
+            job = prepare(request, self.registry, self.data_dir, say=self._update)
             if cancel.is_set():
                 return self._end(CANCELLED, "stopped before training; nothing was written")
             saved, test = self._run(job, state_path, name, cancel)
@@ -257,8 +264,12 @@ class JobRunner:
             self._save_card(name, saved, test)
         except Exception as exc:
             self.store.tensors_path(name).unlink(missing_ok=True)
-            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            self._end(FAILED, "failed: " + message, error=message)
+            notice = notice_of(exc, BUG)
+            if isinstance(exc, ValueError):
+                log.warning("fine-tune job %d failed: %s", job_id, notice.operator)
+            else:  # a bug of ours
+                log.exception("fine-tune job %d failed", job_id)
+            self._end(FAILED, "failed: " + notice.visitor, error=notice.visitor)
         finally:
             over_budget.cancel()
 
@@ -283,8 +294,8 @@ class JobRunner:
         saved = test = None
         with contextlib.closing(events):
             for kind, value in events:
-                if kind == "error":
-                    raise JobError(value)
+                if kind == "error":  # the job body logged a bug's traceback itself
+                    raise JobError(value["operator"], value["visitor"])
                 self._on_event(kind, value, cancel)
                 if kind == "saved":
                     saved = value

@@ -15,15 +15,15 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 
 from ..data import Split
-from ..examples import open_gallery
+from ..examples import READY as GALLERY_READY, open_gallery
 from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
-from ..registry import LOADING, SCRATCH, VITB16, Registry
+from ..registry import LOADING, READY, SCRATCH, VITB16, Registry
 from ..settings import Settings
 from . import attention, classify, compare, finetune, inside, walkthrough
 from .cache_budget import CacheBudget
-from .common import (CSS, AppContext, default_choice, model_choices, share_image,
-                     status_badges, status_details)
+from .common import (CSS, OPERATOR_TITLE, AppContext, default_choice, model_choices,
+                     operator_details, share_image, status_badges)
 
 FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
 # Gradio summarises its per-event analytics (a pandas DataFrame of up to 10,000 events) after
@@ -54,6 +54,19 @@ def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
                       settings, data_dir, cache_examples)
 
 
+def offline_summary(ctx: AppContext) -> str:
+    """One sentence for the terminal of a server working offline: what is missing, what works."""
+    ctx.registry.load_in_background(VITB16).join()  # without network it fails at once
+    missing = ([] if ctx.gallery.state == GALLERY_READY else
+               ["CIFAR-10 (the example images and the fine-tune tab)"])
+    missing += [] if ctx.registry.status(VITB16).state == READY else ["ViT-B/16"]
+    if not missing:
+        return "Offline: everything this page needs is on this machine."
+    return (f"Offline: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            "missing; the scratch ViT works on your own photos in Classify, Attention and "
+            "Inside the model.")
+
+
 def build_demo(ctx: AppContext) -> gr.Blocks:
     """The page. What it says about the models (badges, details, default model) is filled in
     when a visitor opens it, from the registry's state at that moment; while a model is still
@@ -65,8 +78,6 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
                     "A ViT written from scratch and trained on CIFAR-10 here, beside timm's "
                     "ViT-B/16 fine-tuned on CIFAR-10.")
         badges = gr.HTML("", elem_id="model-status", padding=False)
-        with gr.Accordion("Model details", open=False, elem_id="model-details"):
-            details = gr.Markdown()
         with gr.Tab("Classify"):
             classify_image, classify_picked, classify_choice = classify.build_tab(ctx)
         with gr.Tab("Attention"):
@@ -77,19 +88,23 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             finetune.build_tab(ctx)
         with gr.Tab("Inside the model") as inside_tab:
             walkthrough_image, walkthrough_picked = walkthrough.build_section(ctx)
-            inside.build_tab(ctx, inside_tab)
+            inside_image, inside_choice = inside.build_tab(ctx, inside_tab)
         share_image([(classify_image, classify_picked), (attention_image, attention_picked),
-                     (walkthrough_image, walkthrough_picked)])
+                     (walkthrough_image, walkthrough_picked), (inside_image, None)])
+        with gr.Accordion(OPERATOR_TITLE, open=False, elem_id="operator"):
+            details = gr.Markdown()
         timer = gr.Timer(3.0, active=False)
 
         def page_state(on_load: bool):
-            """Badges, details, the dropdowns' choices (on load also the default choice), timer."""
+            """Badges, the operator's details, the dropdowns' choices (on load also the default
+            choice), timer."""
             choice = gr.Dropdown(choices=model_choices(registry),
                                  **({"value": default_choice(registry)} if on_load else {}))
-            return (status_badges(registry), status_details(registry), choice, choice,
+            return (status_badges(registry), operator_details(ctx, finetune.operator_note(ctx)),
+                    choice, choice, choice,
                     gr.Timer(active=any(s.state == LOADING for s in registry.statuses())))
 
-        page_outputs = [badges, details, classify_choice, attention_choice, timer]
+        page_outputs = [badges, details, classify_choice, attention_choice, inside_choice, timer]
         demo.load(lambda: page_state(True), outputs=page_outputs, api_visibility="private", queue=False)
         demo.load(lambda: compare.compare(registry), outputs=compare_outputs, api_visibility="private")
         timer.tick(lambda: page_state(False), outputs=page_outputs, api_visibility="private", queue=False)

@@ -4,6 +4,7 @@ each map with its deletion and insertion scores against a random and a centre-fi
 
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ from ..data import CLASSES
 from ..faithfulness import PAGE_STEPS, Faithfulness, faithfulness, perturbed_count
 from ..inference import preprocess
 from ..registry import VITB16, LoadedModel
-from ..overlay import COLORMAPS, crop_box, model_view, overlay, photo_overlay, value_grid
+from ..overlay import (COLORMAPS, colormap_stops, crop_box, crops_the_photo, model_view, overlay,
+                       photo_overlay, value_grid)
 from ..rollout import HEAD_FUSIONS
 from .common import (BOTH, INFERENCE, AppContext, examples, image_input, load_models,
                      model_dropdown, read_image, unavailable_message, unavailable_note, user_errors)
@@ -25,7 +27,7 @@ from .common import (BOTH, INFERENCE, AppContext, examples, image_input, load_mo
 PREDICTED = "predicted"  # target class: whatever the model predicts
 TOP_K = 3
 # Gradient-weighted rollout first, and the default: on the shipped scratch model it explains the
-# prediction best by the deletion and insertion scores (benchmarks/bench_faithfulness.py, README).
+# prediction best by the deletion and insertion scores (benchmarks/bench_faithfulness.py, docs/faithfulness.md).
 METHOD_CHOICES = [("Gradient-weighted rollout for a target class", "grad"),
                   ("Attention rollout", "rollout"),
                   ("Raw attention of one layer and head", "raw")]
@@ -36,6 +38,27 @@ METHOD_NAMES = {"grad": "gradient-weighted rollout", "rollout": "attention rollo
 LEFT_ID, RIGHT_ID = "attention-left", "attention-right"  # elem_ids of the two overlays
 DEFAULT_COLORMAP = "jet"
 DEFAULT_OPACITY = 0.5  # of the heat map over the image
+# What a map's colour says, by method (the colour bar's caption).
+MEANINGS = {"grad": "how much attention from each patch raises the target class's score",
+            "rollout": "how much of the [CLS] token's information comes from each patch, "
+                       "over all layers",
+            "raw": "how strongly the [CLS] token attends to each patch in this layer"}
+DIMMED = ("The dimmed strips at the photo's edges lie outside the model's centre crop: the "
+          "model never sees them.")
+GLOSSARY = """- **[CLS] token**: an extra token the model adds to the patches. The classifier reads only this
+  token, so the patches it gathers information from are the ones the prediction rests on.
+- **Patch**: the image is cut into small squares (4x4 pixels of a 32 px input for the scratch
+  ViT, 16x16 of 224 px for ViT-B/16); each becomes one token.
+- **Rollout**: multiplies the attention of every layer, so that it follows information through
+  the whole network, not one layer.
+- **Start layer**: the first layer the rollout multiplies in; a later start leaves out the early
+  layers, which mostly mix neighbouring patches.
+- **Discard ratio**: the share of the weakest patch-to-patch attention weights dropped in each
+  layer before multiplying, to cut noise.
+- **Head fusion**: how the heads of a layer are combined into one map: their mean, max or min.
+- **Deletion / insertion**: the target's probability as the map's top patches are removed
+  (lower is better) or put back one by one on a blank image (higher is better).
+"""
 
 
 def _number(value, name: str, whole: bool = False) -> float | int:
@@ -62,7 +85,7 @@ class MapSettings:
     start_layer: int
     target_class: str  # PREDICTED or a class name
     layer: int
-    head: int | None = None  # None: all heads, fused with head_fusion
+    head: int | None = None  # None (or empty text): all heads, fused with head_fusion
     colormap: str = DEFAULT_COLORMAP
     opacity: float = DEFAULT_OPACITY
     grid: bool = False
@@ -78,7 +101,8 @@ class MapSettings:
         typed = {"discard_ratio": _number(self.discard_ratio, "Discard ratio"),
                  "start_layer": _number(self.start_layer, "Start layer", whole=True),
                  "layer": _number(self.layer, "Layer", whole=True),
-                 "head": None if self.head is None else _number(self.head, "Head", whole=True),
+                 "head": (None if self.head is None or str(self.head).strip() == ""
+                          else _number(self.head, "Head", whole=True)),
                  "opacity": _number(self.opacity, "Opacity"),
                  "grid": bool(self.grid), "faithfulness_all": bool(self.faithfulness_all)}
         for name, value in typed.items():
@@ -227,16 +251,29 @@ def rollout(ctx: AppContext, image: str | None, choice: str, settings: MapSettin
             m, img, settings, targets[key])
         depth, heads = m.adapter.depth_and_heads(m.model)
         rows, cols = shown[side].grid
-        low, high = shown[side].heatmap.min(), shown[side].heatmap.max()
         notes.append(f"**{m.label}**: {rows}x{cols} patches, {depth} layers of {heads} heads; "
-                     f"colours span the map's values {low:.4g} to {high:.4g}; the map in "
-                     f"{(time.perf_counter() - start) * 1000:.0f} ms")
+                     f"the map in {(time.perf_counter() - start) * 1000:.0f} ms")
+    if settings.view == PHOTO and any(
+            crops_the_photo(img.size, crop_box(img.size, tuple(m.data_cfg.input_size[1:]),
+                                               m.data_cfg.crop_pct))
+            for m in loaded.values() if m is not None):
+        notes.append(DIMMED)
     unscored = Unscored(tuple(shown), values)
     if scored:
         values, *texts = score(ctx.registry, unscored)
     else:
         texts = [m.text(None, pending=True) if m else "" for m in shown]
     return (*pictures, *tops, values, "\n\n".join(notes), *texts, unscored)
+
+
+def colour_bar(colormap: str, method: str) -> str:
+    """The maps' colour scale, low to high, with what the colour means for ``method``."""
+    stops = ", ".join(colormap_stops(colormap if colormap in COLORMAPS else DEFAULT_COLORMAP))
+    meaning = html.escape(MEANINGS.get(method, MEANINGS["grad"]))
+    return (f'<div class="colour-bar"><span>low</span><span class="colour-bar-scale" '
+            f'style="background: linear-gradient(to right, {stops})"></span><span>high</span></div>'
+            f'<div class="colour-bar-caption">Colour: {meaning} (each map scaled to its own '
+            "range).</div>")
 
 
 def build_tab(ctx: AppContext):
@@ -250,6 +287,8 @@ def build_tab(ctx: AppContext):
         "one layer's attention from [CLS] to the patches. Beside each map: how much the class "
         "probability drops when the map's top patches are removed (deletion) and recovers when "
         "only they are shown (insertion), against a random and a centre-first order.")
+    with gr.Accordion("What the words mean", open=False, elem_id="attention-glossary"):
+        gr.Markdown(GLOSSARY)
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             image = image_input(ctx.settings)
@@ -262,7 +301,8 @@ def build_tab(ctx: AppContext):
             start_layer = gr.Number(0, precision=0, label="Start layer (0 = first)")
             target_class = gr.Dropdown([PREDICTED, *CLASSES], value=PREDICTED, label="Target class")
             layer = gr.Number(-1, precision=0, label="Layer (0 = first, -1 = last)", visible=False)
-            head = gr.Number(None, precision=0, label="Head (empty = all heads, fused)", visible=False)
+            head = gr.Textbox(None, label="Head (empty = all heads, fused)", placeholder="all heads",
+                              visible=False)
             view = gr.Radio(VIEW_CHOICES, value=PHOTO, label="Show the map")
             with gr.Row():
                 colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap",
@@ -276,6 +316,7 @@ def build_tab(ctx: AppContext):
                       "more inputs at 224 px)")
             run = gr.Button("Show attention", variant="primary")
         with gr.Column(scale=2, min_width=280):
+            bar = gr.HTML(colour_bar(DEFAULT_COLORMAP, "grad"), elem_id="attention-colour-bar")
             with gr.Row():
                 with gr.Column(min_width=260):
                     left = gr.Image(label="Scratch ViT / chosen model", show_label=False, format="png",
@@ -295,7 +336,7 @@ def build_tab(ctx: AppContext):
     @user_errors()
     def attention_rollout(image: str | None, model: str, method: str, head_fusion: str,
                           discard_ratio: float, start_layer: float, target_class: str,
-                          layer: float, head: float | None = None,
+                          layer: float, head: str | float | None = None,
                           colormap: str = DEFAULT_COLORMAP, opacity: float = DEFAULT_OPACITY,
                           grid: bool = False, view: str = PHOTO, score_vitb16: bool = False):
         """Show where a Vision Transformer looks in an image: an attention map over its patches, with the prediction and how faithful the map is (deletion and insertion scores).
@@ -346,6 +387,8 @@ def build_tab(ctx: AppContext):
                head: ("raw",)}
     method.change(lambda m: [gr.update(visible=m in methods) for methods in used_by.values()],
                   inputs=[method], outputs=list(used_by), api_visibility="private", queue=False)
+    gr.on([method.change, colormap.change], colour_bar, inputs=[colormap, method], outputs=[bar],
+          api_visibility="private", queue=False)
     # the right side with "both"; the ViT-B/16 scoring switch only where it is used
     choice.change(
         lambda c: (gr.Column(visible=c == BOTH), gr.Checkbox(visible=c in (BOTH, VITB16))),

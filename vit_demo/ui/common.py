@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,10 +14,12 @@ import gradio as gr
 from gradio import processing_utils
 from gradio.data_classes import ImageData
 
+from ..data import data_problem
 from ..examples import DOWNLOADING, READY as GALLERY_READY, ExampleGallery
 from ..finetune.store import FinetuneStore
 from ..hub import HUB_PREFIX
 from ..inference import MAX_FILE_BYTES, BadImage, open_image
+from ..notices import Explained
 from ..settings import Settings
 from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
                         LoadedModel, ModelStatus, ModelUnavailable, Registry)
@@ -24,6 +27,7 @@ from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, 
 # /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
 # in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
 INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
+log = logging.getLogger("vit_demo.ui")
 
 
 @dataclass
@@ -36,15 +40,23 @@ class AppContext:
     cache_examples: bool = False  # Gradio caches the examples' outputs (lazily), as on a Space
 
 
+def refuse(visitor: str, operator: str = "") -> gr.Error:
+    """A refused request: one line in the server log (``operator``, else ``visitor``), and the
+    ``gr.Error`` that tells the visitor (raise it), with no traceback in the terminal."""
+    log.info("refused: %s", operator or visitor)
+    return gr.Error(visitor, print_exception=False)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """The core's ``ValueError`` (a request the person must change) as a ``gr.Error`` with the
-    same message, so that the tabs need not re-check: ``with user_errors(): ...``, or as a
-    decorator, ``user_errors()(fn)``."""
+    same message (an ``Explained`` one: its visitor's words), so that the tabs need not
+    re-check: ``with user_errors(): ...``, or as a decorator, ``user_errors()(fn)``."""
     try:
         yield
     except ValueError as exc:
-        raise gr.Error(str(exc)) from exc
+        visitor = exc.visitor if isinstance(exc, Explained) else str(exc)
+        raise refuse(visitor, str(exc)) from exc
 
 
 class ImageUpload(gr.Image):
@@ -63,9 +75,9 @@ class ImageUpload(gr.Image):
             return None
         if payload.path is None:  # a data: URL (the webcam, or an API call with the image inline)
             if not payload.url or not payload.url.startswith("data:"):
-                raise gr.Error("Cannot use this image: send a file or a data: URL.")
+                raise refuse("Cannot use this image: send a file or a data: URL.")
             if len(payload.url) > self.max_bytes * 4 // 3 + 1024:  # base64 is 4/3 the bytes
-                raise gr.Error(f"Cannot use this file: the limit is {self.max_bytes // 2**20} MB.")
+                raise refuse(f"Cannot use this file: the limit is {self.max_bytes // 2**20} MB.")
             return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)
         return payload.path
 
@@ -83,13 +95,22 @@ GALLERY_POLL_S = 3.0  # how often an open page looks whether the download has en
 
 
 def gallery_note(gallery: ExampleGallery) -> str:
-    """One line above the examples: empty when they are there, else why not (no server path)."""
+    """One line above the examples: empty when they are there, else why not, in a visitor's
+    words."""
     if gallery.state == GALLERY_READY:
         return ""
     if gallery.state == DOWNLOADING:
         return "Downloading CIFAR-10... the examples can be used when it is done."
     return (f"{gallery.message} Drop a photo of your own instead." if gallery.message else
             "No example images on this server. Drop a photo of your own instead.")
+
+
+def data_detail(ctx: "AppContext") -> str:
+    """Where CIFAR-10 stands on this server, for the operator."""
+    gallery = ctx.gallery
+    if gallery.state in (GALLERY_READY, DOWNLOADING):
+        return gallery.state
+    return gallery.detail or data_problem("test", ctx.data_dir) or "on this machine"
 
 
 def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
@@ -123,20 +144,22 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
     if not cache:  # uncached, Gradio only puts the name in the box: show the example after it
         loaded = loaded.then(show, inputs=[name], outputs=[image, *outputs],
                              api_visibility="private")
-    while_downloading(gallery, note, lambda: gallery_note(gallery))
+    while_downloading(gallery, [note], lambda: (gallery_note(gallery),))
     return loaded
 
 
-def while_downloading(gallery: ExampleGallery, output: gr.Markdown, text: Callable[[], str]) -> None:
-    """``output`` shows ``text()``, refreshed on page load and every ``GALLERY_POLL_S`` seconds
-    while CIFAR-10 is downloading."""
+def while_downloading(gallery: ExampleGallery, outputs: list, values: Callable[..., tuple],
+                      inputs: Sequence = ()) -> None:
+    """``outputs`` show ``values(*inputs)``, refreshed on page load and every ``GALLERY_POLL_S``
+    seconds while CIFAR-10 is downloading."""
     timer = gr.Timer(GALLERY_POLL_S, active=gallery.state == DOWNLOADING)
 
-    def refresh():
-        return text(), gr.Timer(active=gallery.state == DOWNLOADING)
+    def refresh(*args):
+        return (*values(*args), gr.Timer(active=gallery.state == DOWNLOADING))
 
     for triggers in ([timer.tick], None):
-        gr.on(triggers, refresh, outputs=[output, timer], api_visibility="private", queue=False)
+        gr.on(triggers, refresh, inputs=[*inputs], outputs=[*outputs, timer],
+              api_visibility="private", queue=False)
 
 
 def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
@@ -158,11 +181,11 @@ def share_image(inputs: list[tuple[gr.Image, object]]) -> None:
 def read_image(path: str | Path | None, settings: Settings):
     """The RGB image at ``path`` within ``settings``' limits, or a ``gr.Error`` one can act on."""
     if path is None:
-        raise gr.Error("Add an image first: drop a file, paste one, use the webcam or pick an example.")
+        raise refuse("Add an image first: drop a file, paste one, use the webcam or pick an example.")
     try:
         return open_image(path, settings.max_pixels, settings.max_bytes)
     except BadImage as exc:
-        raise gr.Error(f"Cannot use this file: {exc}.") from exc
+        raise refuse(f"Cannot use this file: {exc}.") from exc
 
 
 def default_choice(registry: Registry) -> str:
@@ -172,15 +195,13 @@ def default_choice(registry: Registry) -> str:
 
 def model_choices(registry: Registry, both: bool = True) -> list[tuple[str, str]]:
     """(label, key) pairs for a dropdown: both side by side (when both can be used and ``both``
-    is offered), then every model, an unavailable one marked so."""
-    statuses = registry.statuses()
-    usable = {s.key for s in statuses if s.state != UNAVAILABLE}
-    side_by_side = both and {SCRATCH, VITB16} <= usable
-    pairs = [("Scratch ViT and ViT-B/16, side by side", BOTH)] if side_by_side else []
-    for status in statuses:
-        note = "" if status.state in (READY, NOT_LOADED) else f" [{status.state}]"
-        pairs.append((status.label + note, status.key))
-    return pairs
+    is offered), then every model that can be used (one still loading marked so); an
+    unavailable one is no choice (the badges say why)."""
+    usable = [s for s in registry.statuses() if s.state != UNAVAILABLE]
+    pairs = ([("Scratch ViT and ViT-B/16, side by side", BOTH)]
+             if both and {SCRATCH, VITB16} <= {s.key for s in usable} else [])
+    return pairs + [(s.label + ("" if s.state in (READY, NOT_LOADED) else f" [{s.state}]"), s.key)
+                    for s in usable]
 
 
 def model_dropdown(registry: Registry, value: str | None = None, both: bool = True) -> gr.Dropdown:
@@ -206,13 +227,13 @@ def keys_for(choice: str, registry: Registry) -> list[str]:
     if choice == BOTH:
         return [SCRATCH, VITB16]
     if choice not in registry.keys():
-        raise gr.Error(f"Unknown model {choice!r}. Choose one of: {', '.join([BOTH] + registry.keys())}.")
+        raise refuse(f"Unknown model {choice!r}. Choose one of: {', '.join([BOTH] + registry.keys())}.")
     return [choice]
 
 
 def load_models(registry: Registry, choice: str) -> dict[str, LoadedModel | None]:
     """The loaded model of each key ``choice`` stands for, None for one that is unavailable; a
-    ``gr.Error`` saying why and how to get them when none is available."""
+    ``gr.Error`` saying so in a visitor's words when none is available (the log says why)."""
     loaded: dict[str, LoadedModel | None] = {}
     for key in keys_for(choice, registry):
         try:
@@ -220,7 +241,8 @@ def load_models(registry: Registry, choice: str) -> dict[str, LoadedModel | None
         except ModelUnavailable:
             loaded[key] = None
     if all(m is None for m in loaded.values()):
-        raise gr.Error(" ".join(unavailable_message(registry, k) for k in loaded))
+        raise refuse(" ".join(unavailable_message(registry, k) for k in loaded),
+                     "; ".join(f"{k}: {registry.status(k).reason}" for k in loaded))
     return loaded
 
 
@@ -234,20 +256,20 @@ def short_reason(status: ModelStatus) -> str:
     """A few words on why a model is not ready (no exception text), or "" when it is."""
     if status.state in _SHORT_REASONS:
         return _SHORT_REASONS[status.state]
-    if status.source.startswith(HUB_PREFIX):
+    if status.source.startswith(HUB_PREFIX) or "hub downloads are switched off" in status.reason:
         return "weights not on this server"
-    if "hub downloads are switched off" in status.reason:
-        return "hub downloads switched off"
     return "checkpoint missing or unreadable"
 
 
 def how_to_get(status: ModelStatus, weights_dir: Path | None = None) -> str:
-    """The reason a model is unavailable, for a person: no exception class or message, and
-    no path of this machine (``weights_dir`` reads "the weights folder")."""
+    """The reason a model is unavailable and how to get it, for the operator's accordion: no
+    exception class or message, no path of this machine (``weights_dir`` reads "the weights
+    folder")."""
     if status.source.startswith(HUB_PREFIX) or "hub" in status.reason:
         return ("Its weights are not on this server and cannot be downloaded from the Hugging Face "
-                "hub now. To use it: run the app once with network access (the download is "
-                "cached), or put `vit-b16-cifar10.safetensors` + `.json` in the weights folder.")
+                "hub now. To use it: start the app once with network access (the download is "
+                "cached), or put `vit-b16-cifar10.safetensors` + `.json` in the weights folder; "
+                "another hub model: set `VIT_DEMO_VITB16_HUB`.")
     reason = re.sub(r"^[A-Za-z_]\w*(Error|Exception): ", "", _EXCEPTION.sub("", status.reason))
     if weights_dir is not None:
         reason = reason.replace(str(weights_dir), "the weights folder")
@@ -255,16 +277,17 @@ def how_to_get(status: ModelStatus, weights_dir: Path | None = None) -> str:
 
 
 def unavailable_message(registry: Registry, key: str) -> str:
-    """Why a model cannot be used and how to get it, for an error message (no exception text)."""
+    """A model cannot be used, in a visitor's words (the operator's accordion says how to
+    get it)."""
     status = registry.status(key)
-    return f"{status.label} is unavailable. {how_to_get(status, registry.weights_dir)}"
+    return f"{status.label} is not available here ({short_reason(status)})."
 
 
 def unavailable_note(registry: Registry, key: str) -> str:
     """One short line for a model a request could not use."""
     status = registry.status(key)
     name = SHORT_NAMES.get(key, status.label)
-    return f"**{name}** is not available ({short_reason(status)}; see *Model details*)."
+    return f"**{name}** is not available here ({short_reason(status)})."
 
 
 _BADGE_COLOURS = {READY: "#15803d", LOADING: "#b45309", NOT_LOADED: "#475569", UNAVAILABLE: "#b91c1c"}
@@ -286,11 +309,21 @@ def status_badges(registry: Registry) -> str:
     return '<div class="model-badges">' + "".join(badges) + "</div>"
 
 
-def status_details(registry: Registry) -> str:
-    """Every model with its state, where its weights come from and, if unavailable, how to get it."""
-    return "\n".join(f"- **{s.label}**: {s.state}; weights: `{s.source}`"
-                     + (f". {how_to_get(s, registry.weights_dir)}" if s.state == UNAVAILABLE else "")
-                     for s in registry.statuses())
+OPERATOR_TITLE = "For the person running this server"
+
+
+def operator_details(ctx: AppContext, finetune: str = "") -> str:
+    """The operator's accordion: every model with its state, where its weights come from and,
+    if unavailable, how to get it; where CIFAR-10 stands; ``finetune``: why a job cannot start."""
+    registry = ctx.registry
+    models = "\n".join(f"- **{s.label}**: {s.state}; weights: `{s.source}`"
+                       + (f". {how_to_get(s, registry.weights_dir)}" if s.state == UNAVAILABLE else "")
+                       for s in registry.statuses())
+    return (f"**Models**\n{models}\n\n**CIFAR-10** (the examples, the fine-tune tab, Inside's "
+            f"distance figure without a photo): {data_detail(ctx)}"
+            + (f"\n\n**Fine-tune**: {finetune}" if finetune else "")
+            + "\n\nThe server log has a line for each model load, each refused request and each "
+              "failed job. Settings and deployment: the repository's `docs/`.")
 
 
 CSS = """
@@ -304,15 +337,41 @@ CSS = """
 .figure-table td, .figure-table th { padding: 4px 8px; }
 .figure-table td:first-child { min-width: 9em; }
 .figures { display: flex; flex-wrap: wrap; gap: 16px; }
-.figures figure { margin: 0; flex: 1 1 320px; max-width: 750px; min-width: 0; }
+.figures figure { margin: 0; flex: 1 1 320px; max-width: 560px; min-width: 0; }
 .figures img { display: block; width: 100%; height: auto; object-fit: contain; }
 /* a small image (a 32 px CIFAR example) fills the box instead of sitting in its middle */
 .image-input img { width: 100%; height: 100%; object-fit: contain; }
 .figures figcaption { font-size: 0.9em; color: var(--body-text-color-subdued); }
 /* compact tab buttons, so that all five fit in a phone's width without the overflow menu */
 .tab-wrapper .tab-container button { padding-left: 8px !important; padding-right: 8px !important; }
+/* Gradio titles every refused request "Error", in the toast and over the outputs (gr.Error's
+   title does not reach this page): the toast's words say what happened, in a visitor's terms */
+[data-testid="status-tracker"] span.error { display: none; }
+.toast-title.error { visibility: hidden; font-size: 0; }
+.toast-title.error::after { content: "Cannot do that"; visibility: visible;
+                            font-size: var(--text-md); }
+/* Inside's figures: their buttons sit above the picture, not over its title */
+.inside-figure img { padding-top: 32px; }
+/* the attention maps' colour bar */
+.colour-bar { display: flex; align-items: center; gap: 8px; font-size: 0.9em; }
+.colour-bar-scale { flex: 1 1 auto; height: 14px; border-radius: 3px; min-width: 120px; }
+.colour-bar-caption { font-size: 0.85em; color: var(--body-text-color-subdued); }
+/* a confusion matrix: a tap (focus) opens it over the whole screen at its full size, scrolling
+   where the screen is smaller; a tap beside the picture closes it */
+.figures img { cursor: zoom-in; }
+.figures figure:focus-within { position: fixed; inset: 0; max-width: none; overflow: auto;
+                               background: white; z-index: 1000; padding: 12px; }
+.figures figure:focus-within img { width: auto; max-width: none; cursor: zoom-out; }
 @media (max-width: 480px) {
   .tab-wrapper .tab-container button { padding-left: 3px !important; padding-right: 3px !important;
                                        font-size: 0.82em !important; }
+  /* tables stack: one card a row, each cell "header: value" */
+  .figure-table thead { display: none; }
+  .figure-table, .figure-table tbody, .figure-table tr, .figure-table td { display: block; }
+  .figure-table tr { padding: 6px 0; border-bottom: 1px solid var(--border-color-primary); }
+  .figure-table td { padding: 1px 4px; overflow-wrap: anywhere; border: none; }
+  .figure-table td::before { content: attr(data-label) ": "; color: var(--body-text-color-subdued); }
+  .figure-table td:first-child { min-width: 0; font-weight: 600; }
+  .figure-table td:first-child::before { content: ""; }
 }
 """

@@ -5,10 +5,8 @@ latency measured now on this server on request. Every figure says where it comes
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import html
-import re
 
 import gradio as gr
 import torch
@@ -16,8 +14,8 @@ import torch
 from ..compare import ModelFigures, figures
 from ..data import CLASSES
 from ..evaluate import confusion_png, cpu_latency_ms
-from ..registry import READY, UNAVAILABLE, Registry
-from .common import INFERENCE, AppContext, how_to_get
+from ..registry import READY, Registry
+from .common import INFERENCE, AppContext
 
 LATENCY_RUNS = 5
 
@@ -27,9 +25,11 @@ def _fmt(value, spec: str, unit: str = "") -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    """An HTML table that scrolls sideways inside its box on a narrow screen (the page does not)."""
+    """An HTML table; on a phone (the page's CSS) each row stacks into a card of "header:
+    value" lines, so that it fits the screen's width."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(h)}">{c}</td>'
+                                     for h, c in zip(header, row)) + "</tr>" for row in rows)
     return (f'<div class="scroll-x"><table class="figure-table"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
 
@@ -46,12 +46,11 @@ def summary_table(rows: list[ModelFigures]) -> str:
                     _fmt(m.params and m.params / 1e6, ".2f", " M"),
                     _fmt(m.flops_per_image and m.flops_per_image / 1e9, ".3f"),
                     _fmt(m.cpu_latency_ms, ".1f", " ms"),
-                    re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(r.note))])  # `code`
+                    html.escape(r.note)])
     return _table(header, out) + (
-        '<p class="figure-note">Accuracy, per-class accuracy and confusion matrices: the card\'s '
-        "test run (<code>python -m vit_demo evaluate --update-card</code>). Its CPU latency is "
-        "the median forward pass of one image on the machine and threads of that run, while "
-        "that machine was busy or not, so it differs from the README's benchmark and from this "
+        '<p class="figure-note">Accuracy, per-class accuracy and confusion matrices: each '
+        "model's test run when it was made, kept in its card. The card's CPU latency is the "
+        "median forward pass of one image on the machine of that run, so it differs from this "
         "server: use <i>Time one image on this server now</i> for a figure measured here.</p>")
 
 
@@ -80,23 +79,18 @@ def figures_html(rows: list[ModelFigures]) -> str:
         caption = html.escape(f"{r.label}: confusion matrix from the card's test run ({r.note}); "
                               "rows: true class, columns: predicted")
         data = _confusion_base64(r.metrics.test.confusion, r.label)
-        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-                     f"<figcaption>{caption}</figcaption></figure>")
+        # tabindex: a tap focuses the figure, and the page's CSS shows it full size, full screen
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{caption}" '
+                     f'tabindex="0" title="tap to enlarge"><figcaption>{caption} (tap to '
+                     "enlarge, beside it to close)</figcaption></figure>")
     if not parts:
         return "<p>No confusion matrices yet: no model has measured figures in its card.</p>"
     return '<div class="figures">' + "".join(parts) + "</div>"
 
 
 def compare(registry: Registry) -> tuple[str, str, str]:
-    """(summary table, per-class table, confusion-matrix figures), all HTML. An unavailable
-    model's note says how to get it, not the exception."""
-    rows = []
-    for key in registry.keys():
-        row, status = figures(registry, key), registry.status(key)
-        if status.state == UNAVAILABLE:
-            row = dataclasses.replace(
-                row, note=f"unavailable: {how_to_get(status, registry.weights_dir)}")
-        rows.append(row)
+    """(summary table, per-class table, confusion-matrix figures), all HTML."""
+    rows = [figures(registry, key) for key in registry.keys()]
     return summary_table(rows), per_class_table(rows), figures_html(rows)
 
 
@@ -116,9 +110,8 @@ def measure_latency(ctx: AppContext, runs: int = LATENCY_RUNS) -> str:
 
 def build_tab(ctx: AppContext) -> tuple[gr.HTML, gr.HTML, gr.HTML]:
     """The tab's components; returns its outputs so the page can fill them when it loads."""
-    gr.Markdown("Figures from each checkpoint's card, measured by "
-                "`python -m vit_demo evaluate --update-card` on the CIFAR-10 test set. A model "
-                "without a card is listed with the reason.")
+    gr.Markdown("How well each model does on CIFAR-10's test images, how big it is and how fast, "
+                "as measured when it was made. A model without figures is listed with the reason.")
     summary = gr.HTML(elem_id="compare-summary")
     with gr.Row():
         refresh = gr.Button("Refresh", size="sm")

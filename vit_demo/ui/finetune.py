@@ -13,18 +13,18 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 
 import gradio as gr
 import pandas as pd
 
-from ..data import data_problem
 from ..examples import DOWNLOADING
-from ..finetune.job import base_timm_name
+from ..finetune.job import base_timm_name, blocker
 from ..finetune.request import FinetuneRequest, default_request
-from ..finetune.runner import DONE, FAILED, JobRunner, JobState
+from ..finetune.runner import DONE, FAILED, STARTING, JobRunner, JobState
 from ..registry import SCRATCH, VITB16
-from .common import AppContext, user_errors, while_downloading
+from .common import AppContext, refuse, user_errors, while_downloading
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
@@ -42,8 +42,15 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-def progress_html(state: JobState) -> str:
-    """A progress bar and one line of figures (status, step, ETA, images/s, accuracy)."""
+ENDED = "ended"  # how a failed job shows on the pages of those who did not start it
+
+
+def progress_html(state: JobState, mine: bool = True) -> str:
+    """A progress bar and one line of figures (status, step, ETA, images/s, accuracy); while
+    the job starts, what it is doing. A failed job is red only on the page of the session that
+    started it (``mine``); elsewhere it shows as ended, without its error."""
+    if state.status == FAILED and not mine:
+        state = replace(state, status=ENDED, error=None)
     parts = [f"<b>{html.escape(state.status)}</b>"]
     if state.id:
         parts.append(f"job {state.id}: {html.escape(str(state.request.get('base')))} &rarr; "
@@ -62,6 +69,8 @@ def progress_html(state: JobState) -> str:
     bar = (f"<progress value='{state.step}' max='{max(state.total_steps, 1)}' "
            "style='width:100%'></progress>")
     lines = [bar, "<div>" + " &middot; ".join(parts) + f" &middot; device: {html.escape(state.device)}</div>"]
+    if state.status == STARTING and state.log:  # e.g. getting ViT-B/16's weights: a while
+        lines.append(f"<div>{html.escape(state.log[-1].partition(' ')[2])}...</div>")
     if state.error:
         lines.append(f"<div style='color:#b91c1c'>{html.escape(state.error)}</div>")
     if state.warning:
@@ -83,9 +92,10 @@ def plot_frames(state: JobState) -> tuple[pd.DataFrame, pd.DataFrame]:
                  for rows in (loss, acc))
 
 
-def view(state: JobState, runner: JobRunner) -> Outputs:
-    """The tab's outputs for ``state``. Its files: the finished job's checkpoint and card while
-    the store still holds them (Gradio serves a copy from its cache, which it empties hourly)."""
+def view(state: JobState, runner: JobRunner, mine: bool = True) -> Outputs:
+    """The tab's outputs for ``state`` (``mine``: on the page of the session that started it).
+    Its files: the finished job's checkpoint and card while the store still holds them (Gradio
+    serves a copy from its cache, which it empties hourly)."""
     # No frame before the first step: the plot keeps the axis types and the series of its
     # first frame, which therefore holds the starting validation accuracy and a training row.
     trained = bool(state.history) and "train_loss" in state.history[-1]
@@ -94,7 +104,7 @@ def view(state: JobState, runner: JobRunner) -> Outputs:
     if state.status == DONE and state.model_key:
         tensors = runner.store.tensors_path(state.model_key)
         files = [str(p) for p in (tensors, tensors.with_suffix(".json")) if p.is_file()] or None
-    return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
+    return (progress_html(state, mine), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
             state.summary())
 
 
@@ -112,15 +122,28 @@ def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
                     for k in ctx.registry.finetune_bases() if k != VITB16]
 
 
-DOWNLOADING_NOTE = "CIFAR-10 is still downloading; a job can start when it is done."
+DOWNLOADING_NOTE = "Start is off while CIFAR-10 downloads; a job can start when it is done."
 
 
-def readiness(ctx: AppContext) -> str:
-    """What stops a job before it starts, and what to do, one line each under a heading; empty
-    when nothing does. (Running on the CPU does not stop one: the job state's warning says so.)"""
-    problems = ([DOWNLOADING_NOTE] if ctx.gallery.state == DOWNLOADING else
-                [p for p in (data_problem(s, ctx.data_dir) for s in ("train", "test")) if p])
-    return ("**Before you start:**" + "".join(f"\n- {p}" for p in problems)) if problems else ""
+def readiness(ctx: AppContext, base: str) -> str:
+    """Why a job from ``base`` cannot start now, in a visitor's words; empty when it can.
+    (Running on the CPU does not stop one: the job state's warning says so.)"""
+    if ctx.gallery.state == DOWNLOADING:
+        return DOWNLOADING_NOTE
+    blocked = blocker(base, ctx.data_dir)
+    return "" if blocked is None else blocked.visitor
+
+
+def operator_note(ctx: AppContext) -> str:
+    """Why jobs cannot start, for the operator's accordion (empty when they can)."""
+    blocked = [b for b in (blocker(base, ctx.data_dir) for base in (SCRATCH, VITB16)) if b]
+    return " ".join(dict.fromkeys(b.operator for b in blocked))  # each once
+
+
+def start_button(ctx: AppContext, base: str) -> tuple:
+    """(the reason beside Start, Start) for ``base``: Start is off while the job cannot run."""
+    reason = readiness(ctx, base)
+    return gr.Markdown(reason, visible=bool(reason)), gr.Button(interactive=not reason)
 
 
 def build_tab(ctx: AppContext) -> None:
@@ -133,7 +156,6 @@ def build_tab(ctx: AppContext) -> None:
         "it while it runs, and only yours can stop it. At the end the model is tested on "
         "held-out CIFAR-10 test images and selectable in the other tabs at once, under its "
         f"name plus a suffix; this server keeps the {ctx.settings.keep_finetuned} newest.")
-    ready_note = gr.Markdown(readiness(ctx))
     number = partial(gr.Number, precision=None, min_width=100)
     with gr.Row():
         with gr.Column(scale=1):
@@ -152,10 +174,13 @@ def build_tab(ctx: AppContext) -> None:
                 test_images = number(d.test_images, label="Test images")
             freeze = gr.Checkbox(d.freeze_backbone, label="Freeze the backbone (train the head only)")
             name = gr.Textbox(d.name, label="Name of the new model (the server adds a suffix)")
+            reason = readiness(ctx, d.base)
             with gr.Row():
-                start_btn = gr.Button("Start", variant="primary")
+                start_btn = gr.Button("Start", variant="primary", interactive=not reason,
+                                      elem_id="finetune-start")
                 stop_btn = gr.Button("Stop", variant="stop")
                 refresh_btn = gr.Button("Refresh")
+            ready_note = gr.Markdown(reason, visible=bool(reason), elem_id="finetune-start-reason")
         with gr.Column(scale=1):
             progress = gr.HTML(progress_html(runner.snapshot()))
             plot = partial(gr.LinePlot, x="step", y="value", color="series", x_title="optimizer step",
@@ -177,7 +202,7 @@ def build_tab(ctx: AppContext) -> None:
                        ) -> AsyncIterator[Outputs]:
         """Fine-tune a model on CIFAR-10 on this server (one job at a time for everyone) and stream its state until it ends. ``name`` labels the new model; its key is the label plus a suffix the server chooses."""
         if ctx.gallery.state == DOWNLOADING:
-            raise gr.Error(DOWNLOADING_NOTE)
+            raise refuse(DOWNLOADING_NOTE)
         with user_errors():
             state = runner.start(FinetuneRequest(
                 base=base, train_images=train_images, epochs=epochs, steps=steps,
@@ -187,12 +212,12 @@ def build_tab(ctx: AppContext) -> None:
         async for state in runner.updates(state.id):
             yield view(state, runner)
         if state.status == FAILED:
-            raise gr.Error(f"The fine-tune failed: {state.error}")
+            raise gr.Error(f"The fine-tune failed: {state.error}", print_exception=False)
 
-    async def follow() -> AsyncIterator[Outputs]:
+    async def follow(request: gr.Request) -> AsyncIterator[Outputs]:
         """The current job's state, streamed while it is active (one update when it is not)."""
         async for state in runner.updates():
-            yield view(state, runner)
+            yield view(state, runner, mine=state.owner == (request.session_hash or ""))
 
     def stop(request: gr.Request) -> Outputs:
         """Stop the running job, if this session started it; the state then."""
@@ -213,12 +238,18 @@ def build_tab(ctx: AppContext) -> None:
     # say so) before that answer lands, so the page follows the job again until it has ended.
     stop_btn.click(stop, outputs=outputs, api_name="finetune_stop", api_visibility="undocumented",
                    **job_api).then(follow, outputs=outputs, api_visibility="private", **job_api)
-    refresh_btn.click(lambda: view(runner.snapshot(), runner), outputs=outputs,
+    def refresh(request: gr.Request) -> Outputs:
+        state = runner.snapshot()
+        return view(state, runner, mine=state.owner == (request.session_hash or ""))
+
+    refresh_btn.click(refresh, outputs=outputs,
                       api_name="finetune_status", api_visibility="undocumented", **job_api)
     gr.on(triggers=None, fn=follow, outputs=outputs, api_visibility="private", **job_api)
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
                outputs=[train_images, epochs, steps, batch_size, lr, freeze, name, val_images,
                         test_images], api_visibility="private", queue=False)
+    base.change(partial(start_button, ctx), inputs=[base], outputs=[ready_note, start_btn],
+                api_visibility="private", queue=False)
     base.focus(lambda: gr.Dropdown(choices=base_choices(ctx)), outputs=[base],
                api_visibility="private", queue=False)
-    while_downloading(ctx.gallery, ready_note, lambda: readiness(ctx))
+    while_downloading(ctx.gallery, [ready_note, start_btn], partial(start_button, ctx), [base])

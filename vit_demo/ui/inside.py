@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import tempfile
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 from weakref import WeakKeyDictionary
@@ -16,15 +18,19 @@ import gradio as gr
 import torch.nn as nn
 from PIL import Image
 
-from ..data import DataUnavailable, Split, load_cifar10
+from ..data import NO_DATA, DataUnavailable, Split, load_cifar10
 from ..inference import preprocess
 from ..inside import patch_size
 from ..inside_plots import (DistanceFigure, WeightFigures, cifar_distance_figure, distance_figure,
                             weight_figures)
 from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
-from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown, read_image
+from .common import (BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown,
+                     read_image, refuse, unavailable_message)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+NO_DISTANCE = (f"No distance figure: it is averaged over CIFAR-10 test images, and {NO_DATA}. "
+               "Add a photo to see how far each head looks in it.")
 _PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-inside-"))
 FIGURES = [("filters", "Patch-embedding filters"), ("positions", "Position-embedding similarity"),
            ("distance", "Mean attention distance")]
@@ -110,7 +116,8 @@ def model_outputs(ctx: AppContext, loaded: LoadedModel, img: Image.Image | None
         distance = (cifar_distances(ctx, loaded) if img is None else distance_figure(
             loaded.model, loaded.kind, preprocess(img, loaded.data_cfg), "your image", loaded.label))
     except DataUnavailable as exc:
-        no_distance = f"No distance figure without an image: {exc}"
+        log.info("Inside: no distance figure: %s", exc)
+        no_distance = NO_DISTANCE
     entry = {"label": loaded.label, "available": True, "kind": loaded.kind,
              "input_size": list(loaded.data_cfg.input_size[1:]),
              "patch_size": list(patch_size(loaded.model)), **weights.to_json(),
@@ -136,26 +143,34 @@ def inside(ctx: AppContext, choice: str, image: str | None) -> tuple:
         status = ctx.registry.status(key)
         reason = ""  # why the model is not shown
         if choice == BOTH and status.state != READY:
-            why = f": {status.reason}" if status.reason else "; it is shown once ready."
-            reason = f"{status.label} is {status.state}{why}"
+            reason = (unavailable_message(ctx.registry, key) if status.reason else
+                      f"{status.label} is {status.state}; it is shown once ready.")
         else:
             try:
                 paths, text, values[key] = model_outputs(ctx, ctx.registry.get(key), img)
-            except ModelUnavailable as exc:
-                reason = str(exc)
+            except ModelUnavailable:
+                reason = unavailable_message(ctx.registry, key)
         if reason:
             paths, text = [None] * 3, reason
             values[key] = {"label": ctx.registry.label(key), "available": False, "reason": reason}
         pictures += paths
         notes.append(text)
     if not any(v["available"] for v in values.values()):
-        raise gr.Error(" ".join(notes))
+        raise refuse(" ".join(notes))
     pictures += [None] * (6 - len(pictures))
     return (*pictures, "\n\n".join(notes), values)
 
 
-def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
-    """The tab's components; its figures fill in when ``tab`` is opened."""
+def shown(*outputs) -> list:
+    """``inside``'s outputs as the page shows them: a figure that is not there is hidden, not
+    an empty box."""
+    figures, rest = outputs[:6], outputs[6:]
+    return [gr.Image(value=p, visible=p is not None) for p in figures] + list(rest)
+
+
+def build_tab(ctx: AppContext, tab: gr.Tab) -> tuple[gr.Image, gr.Dropdown]:
+    """The tab's components; its figures fill in when ``tab`` is opened. Returns (image input,
+    model dropdown): the page shares the image with the other tabs and fills in the choice."""
     gr.Markdown(
         "What the models learned, drawn as in Fig. 7 of the ViT paper (Dosovitskiy et al. 2020): "
         "the filters that turn a patch of pixels into a token, how the learned position "
@@ -163,18 +178,23 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
         "depend only on the weights; the third is averaged over CIFAR-10 test images, or over "
         "your image when you give one.")
     with gr.Row():
-        with gr.Column(scale=1):
-            choice = model_dropdown(ctx.registry, BOTH)
+        with gr.Column(scale=1, min_width=300):
+            choice = model_dropdown(ctx.registry)
             run = gr.Button("Show figures", variant="primary")
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, min_width=300):
             image = image_input(ctx.settings, "Image for the distance figure (optional)")
     left: list[gr.Image] = []
     right: list[gr.Image] = []
+    # Each figure carries its title; no label over it, its buttons above it (the page's CSS).
+    # Hidden until drawn; on a phone (a row
+    # narrower than two min_widths) the two models' figures stack.
+    figure = partial(gr.Image, type="filepath", format="png", interactive=False, show_label=False,
+                     visible=False, min_width=300, elem_classes=["inside-figure"],
+                     buttons=["fullscreen", "download"])
     for name, label in FIGURES:
         with gr.Row():
-            left.append(gr.Image(label=label, type="filepath", format="png", interactive=False))
-            right.append(gr.Image(label=f"{label}, ViT-B/16", type="filepath", format="png",
-                                  interactive=False))
+            left.append(figure(label=label, elem_id=f"inside-{name}-left"))
+            right.append(figure(label=f"{label}, ViT-B/16", elem_id=f"inside-{name}-right"))
         gr.Markdown(READINGS[name])
     notes = gr.Markdown()
     with gr.Accordion("The numbers behind the figures", open=False):
@@ -189,7 +209,14 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
         """
         return inside(ctx, model, image)
 
+    def show_figures(model: str, image: str | None = None):
+        return shown(*inside(ctx, model, image))
+
     outputs = [*left, *right, notes, values]
-    run.click(inside_figures, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
-    for event in (tab.select, choice.change):
-        event(inside_figures, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
+    # the API's endpoint gives the figures' paths (no button on the page fires it)
+    gr.Button(visible=False).click(inside_figures, inputs=[choice, image], outputs=outputs,
+                                   api_name="inside", **INFERENCE)
+    for event in (run.click, tab.select, choice.input):
+        event(show_figures, inputs=[choice, image], outputs=outputs, api_visibility="private",
+              **INFERENCE)
+    return image, choice
