@@ -22,6 +22,7 @@ from ..registry import LOADING, SCRATCH, VITB16, Registry
 from ..settings import Settings
 from . import attention, classify, compare, finetune, inside
 from .cache_budget import CacheBudget
+from .limits import BodyLimit
 from .common import (CSS, AppContext, default_choice, model_choices, share_image,
                      status_badges, status_details)
 
@@ -114,11 +115,13 @@ def launch_kwargs(demo: gr.Blocks, ctx: AppContext) -> dict:
     """``demo.launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
     (``allowed_paths``: their folder), never the shipped weights folder; its cache folder is
     held to ``cache_mb``. The app is also an MCP server (``/gradio_api/mcp/``): its public
-    endpoints are tools an agent can call."""
+    endpoints are tools an agent can call. Every request body is bounded (``limits.BodyLimit``)
+    before the cache budget counts it."""
     return {"max_file_size": ctx.settings.max_bytes, "css": CSS, "mcp_server": True,
             "allowed_paths": [str(ctx.store.folder.resolve())],
             "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads},
-                           "middleware": [Middleware(CacheBudget, demo=demo,
+                           "middleware": [Middleware(BodyLimit, max_bytes=ctx.settings.max_bytes),
+                                          Middleware(CacheBudget, demo=demo,
                                                      budget_bytes=ctx.settings.cache_bytes)]}}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio import processing_utils
+from gradio_client import utils as client_utils
 from gradio.data_classes import ImageData
 
 from ..examples import DOWNLOADING, READY as GALLERY_READY, ExampleGallery
@@ -47,6 +48,10 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(exc)) from exc
 
 
+URL_REFUSED = ("Cannot fetch an image from a web address: this server does not download files. "
+               "Upload the image, or send it inline as a data: URL.")
+
+
 class ImageUpload(gr.Image):
     """``gr.Image`` that hands its handler the uploaded file's path without opening it. Gradio's
     own decodes the upload (an inline ``data:`` URL too) before the handler runs, so a damaged or
@@ -57,6 +62,14 @@ class ImageUpload(gr.Image):
 
     def get_block_name(self) -> str:
         return "image"
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None
+                                                 ) -> str | None:
+        """Gradio would download an image given as an http(s) URL, whole and before any
+        check, holding an inference slot while it does: refused instead."""
+        if client_utils.is_http_url_like(str(url_or_file_path)):
+            raise gr.Error(URL_REFUSED)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
     def preprocess(self, payload: ImageData | None) -> str | None:
         if payload is None:
