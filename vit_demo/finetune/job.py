@@ -12,7 +12,9 @@ sooner, between batches.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -33,10 +35,25 @@ from .policy import eval_batch_size, gpu_wrapped, training_device
 from .request import FinetuneRequest
 
 BASE_ENV = "VIT_DEMO_FINETUNE_BASE"
+log = logging.getLogger(__name__)
 
 
 class JobError(ValueError):
     """Something the person must change or know; the message says what."""
+
+
+INTERNAL = "the job failed on the server; the server log has the details"
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"():,;]+){2,}")
+
+
+def public_message(exc: Exception) -> str:
+    """What a page may show of ``exc``: a ``ValueError``'s own words (the person's mistake, or
+    what they must know) with any path of this machine cut to its last part; for anything else
+    ``INTERNAL``, the exception itself going to the server log."""
+    if not isinstance(exc, ValueError):
+        log.error("fine-tune job failed", exc_info=exc)
+        return INTERNAL
+    return _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0))[-1], str(exc))
 
 
 def base_timm_name() -> str:
@@ -68,7 +85,7 @@ def build_base(request: FinetuneRequest, registry: Registry) -> tuple[nn.Module,
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
             raise JobError(
                 f"The ViT-B/16 base is unavailable: timm could not get the pretrained weights "
-                f"{name!r} ({type(exc).__name__}). They are not in the local Hugging Face cache"
+                f"{name!r}. They are not in the local Hugging Face cache"
                 + (" and the hub is switched off (HF_HUB_OFFLINE=1)" if offline else
                    " and the hub could not be reached")
                 + ". Run the app once with network access so that timm caches them, set "
@@ -147,7 +164,7 @@ def train_job(job: Prepared, state_path: str, tensors_path: str,
             yield "testing", {"done": int(confusion.sum()), "of": len(job.test)}
         yield "result", {"test": accuracy_metrics(confusion)}
     except Exception as exc:
-        yield "error", str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"
+        yield "error", public_message(exc)
 
 
 run_train_job = gpu_wrapped(train_job)

@@ -15,7 +15,6 @@ import contextlib
 import contextvars
 import hashlib
 import json
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +26,8 @@ from ..card import AccuracyMetrics, Metrics, ModelCard, write_card
 from ..data import CLASSES
 from ..registry import VITB16, Registry
 from ..settings import Settings
-from .job import JobError, base_timm_name, prepare, run_train_job
+from ..storage import oldest_first, remove_partial, work_dir
+from .job import JobError, base_timm_name, prepare, public_message, run_train_job
 from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
 from .request import FinetuneRequest, InvalidRequest
 from .store import FinetuneStore, keep_newest
@@ -97,21 +97,26 @@ def resume_key(request: FinetuneRequest) -> str:
 class JobRunner:
     """Runs one fine-tuning job at a time for the whole server and keeps its state.
 
-    ``state_dir``: this instance's resume-state folder (default: a new temporary folder); it
-    holds at most ``settings.keep_finetuned`` resume states, and deletes only its own files.
+    ``state_dir``: the resume-state folder (default: the app's ``resume`` work folder, the same
+    after a restart, so that a job stopped before it can still be resumed); it holds at most
+    ``settings.keep_finetuned`` resume states, those of earlier runs counted.
     """
 
     def __init__(self, registry: Registry, store: FinetuneStore, data_dir: str | None = None,
                  settings: Settings = Settings(), state_dir: Path | None = None):
         self.registry, self.store, self.data_dir, self.settings = registry, store, data_dir, settings
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="vit-demo-resume-"))
+        self.state_dir = Path(state_dir or work_dir("resume"))
         self.device = training_device()
         self._cond = threading.Condition()
         self._state = JobState(device=self.device, warning=device_warning(self.device))
         self._version = 0
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._states_written: list[Path] = []
+        self._states_written: list[Path] = []  # resume states, oldest first
+        remove_partial(self.state_dir)
+        for path in oldest_first(self.state_dir.glob("*.safetensors")):
+            for old in keep_newest(self._states_written, path, settings.keep_finetuned):
+                old.unlink(missing_ok=True)
         self._stop_reason = "stopped"  # how the log words a stop: by the visitor or the budget
 
     # -- reading ------------------------------------------------------------------------
@@ -257,7 +262,7 @@ class JobRunner:
             self._save_card(name, saved, test)
         except Exception as exc:
             self.store.tensors_path(name).unlink(missing_ok=True)
-            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            message = public_message(exc)
             self._end(FAILED, "failed: " + message, error=message)
         finally:
             over_budget.cancel()

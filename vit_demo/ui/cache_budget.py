@@ -20,6 +20,7 @@ from pathlib import Path
 
 import anyio
 import gradio as gr
+from gradio import processing_utils
 from gradio.utils import get_upload_folder
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,3 +110,23 @@ class CacheBudget:
             for paths in self.demo.temp_file_sets:  # as Gradio's own deletion does
                 paths.difference_update(deleted)
             self._walked_at = time.monotonic()
+
+
+_COPIES: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> its copy in the cache
+MAX_COPIES = 32
+
+
+def served_copy(path: Path) -> str:
+    """``path``'s copy in Gradio's cache folder, from which Gradio serves it. Handed a file
+    from elsewhere, Gradio hashes its whole content on every answer that names it (a ViT-B/16
+    checkpoint: about half a second); the copy is made once per version of the file (its
+    modification time and size), and again once the cache has let it go."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    copy = _COPIES.get(key)
+    if copy is None or not os.path.exists(copy):
+        copy = processing_utils.save_file_to_cache(path, get_upload_folder())
+        _COPIES[key] = copy
+        for old in list(_COPIES)[:-MAX_COPIES]:
+            del _COPIES[old]
+    return copy

@@ -21,6 +21,7 @@ from ..inference import MAX_FILE_BYTES, BadImage, open_image
 from ..settings import Settings
 from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
                         LoadedModel, ModelStatus, ModelUnavailable, Registry)
+from .limits import checked_examples
 
 # /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
 # in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
@@ -119,7 +120,12 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
               "cache_mode": "lazy", "api_name": api_name or "load_example"}
     if gallery.state == GALLERY_READY:
         picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=[*outputs],
-                             fn=fn, cache_examples=cache, run_on_click=fn is not None, **common)
+                             fn=fn, cache_examples=cache, **common)
+        checked_examples(picked.dataset, picked.load_input_event)
+        if fn is not None and not cache:  # what the example shows, from its index: no upload
+            picked.load_input_event.then(lambda example: fn(str(gallery.paths[example[0]])),
+                                         inputs=[picked.dataset], outputs=[*outputs],
+                                         api_visibility="private", **INFERENCE)
         return picked.load_input_event
     if gallery.state != DOWNLOADING:
         return None
@@ -135,7 +141,7 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
     loaded = picked.load_input_event
     if not cache:  # uncached, Gradio only puts the name in the box: show the example after it
         loaded = loaded.then(show, inputs=[name], outputs=[image, *outputs],
-                             api_visibility="private")
+                             api_visibility="private", **INFERENCE)
     while_downloading(gallery, note, lambda: gallery_note(gallery))
     return loaded
 

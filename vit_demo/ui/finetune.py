@@ -24,6 +24,7 @@ from ..finetune.job import base_timm_name
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, JobRunner, JobState
 from ..registry import SCRATCH, VITB16
+from .cache_budget import served_copy
 from .common import AppContext, user_errors, while_downloading
 
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
@@ -93,7 +94,8 @@ def view(state: JobState, runner: JobRunner) -> Outputs:
     files = None
     if state.status == DONE and state.model_key:
         tensors = runner.store.tensors_path(state.model_key)
-        files = [str(p) for p in (tensors, tensors.with_suffix(".json")) if p.is_file()] or None
+        files = [served_copy(p) for p in (tensors, tensors.with_suffix(".json"))
+                 if p.is_file()] or None
     return (progress_html(state), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
             state.summary())
 

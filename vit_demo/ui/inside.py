@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TypeVar
 from weakref import WeakKeyDictionary
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 import torch.nn as nn
 from PIL import Image
 
@@ -25,7 +25,7 @@ from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
 from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown, read_image
 
 T = TypeVar("T")
-_PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-inside-"))
+PNG_FOLDER = "vit-demo-inside"  # in Gradio's cache folder
 FIGURES = [("filters", "Patch-embedding filters"), ("positions", "Position-embedding similarity"),
            ("distance", "Mean attention distance")]
 READINGS = {
@@ -69,10 +69,15 @@ def cifar_test(data_dir: str | None) -> Split:
 
 
 def png_file(data: bytes) -> str:
-    """``data`` written once to the tab's temp folder, named by its content."""
-    path = _PNG_DIR / f"{hashlib.sha1(data).hexdigest()}.png"
+    """``data`` written once, named by its content, into a folder of Gradio's cache, which the
+    cache budget bounds and Gradio empties hourly (a figure deleted there is written again)."""
+    folder = Path(get_upload_folder()) / PNG_FOLDER
+    path = folder / f"{hashlib.sha1(data).hexdigest()}.png"
     if not path.is_file():
-        path.write_bytes(data)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        partial.write_bytes(data)
+        partial.replace(path)  # a concurrent request never serves half a figure
     return str(path)
 
 

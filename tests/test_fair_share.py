@@ -1,0 +1,126 @@
+"""Small ways one visitor could trouble the server, through a launched app: a malformed session
+id, an example index past the examples, a private example event that took any upload, fine-tune
+errors that named the server's exception classes and paths, a finished checkpoint hashed anew
+on every status call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client.exceptions import AppError
+
+from vit_demo.finetune.job import INTERNAL, public_message
+from vit_demo.ui import cache_budget
+from vit_demo.ui.limits import BAD_SESSION, client_address
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def config(url: str) -> dict:
+    return httpx.get(f"{url}config", timeout=30).json()
+
+
+def fn_index(url: str, api_name: str) -> int:
+    return next(i for i, d in enumerate(config(url)["dependencies"]) if d.get("api_name") == api_name)
+
+
+@pytest.mark.parametrize("session", ["", "a" * 65, "../x", 7])
+def test_a_malformed_session_id_is_refused_not_a_server_error(app, session):
+    url, _ = app
+    answer = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                        json={"data": [], "fn_index": fn_index(url, "status"),
+                              "session_hash": session})
+    assert answer.status_code == 400 and answer.json() == {"detail": BAD_SESSION}
+
+
+def test_an_example_index_past_the_examples_is_a_clear_error(app, client):
+    url, ctx = app
+    count = len(ctx.gallery.paths)
+    for index in (count, 10_000, -1):
+        with pytest.raises(AppError, match=f"There is no example {index}: choose 0 to {count - 1}"):
+            client.predict(index, api_name="/classify_example")
+    shown = client.predict(count - 1, api_name="/classify_example")  # the image's update
+    assert Path(shown["value"]).read_bytes() == ctx.gallery.paths[count - 1].read_bytes()
+
+
+def test_every_queued_event_that_reads_an_image_runs_in_a_shared_limit(app):
+    """No event takes an upload outside the inference (or maps) group: the one that showed an
+    example (`/classify_example_1`) took any image; it now takes the example's index."""
+    import gradio as gr
+
+    from vit_demo.ui import build_demo
+
+    demo = build_demo(app[1])
+    assert "classify_example_1" not in [fn.api_name for fn in demo.fns.values()]
+    image_events = [fn for fn in demo.fns.values() if fn.queue
+                    and any(isinstance(block, gr.Image) for block in fn.inputs)]
+    assert {fn.api_name for fn in image_events} >= {"classify", "rollout", "inside"}
+    for fn in image_events:
+        assert fn.concurrency_id in ("inference", "maps"), fn.api_name
+
+
+def test_failures_show_no_exception_class_nor_server_path():
+    assert public_message(OSError(28, "No space left on device")) == INTERNAL
+    shown = public_message(ValueError('cannot read "/srv/app/finetuned/cat-1a2b3c.safetensors" '
+                                      "nor C:\\data\\x.json"))
+    assert shown == 'cannot read "cat-1a2b3c.safetensors" nor x.json'
+
+
+@pytest.fixture(scope="module")
+def job_app(tiny_weights, data_dir, tmp_path_factory):
+    """An app of its own for a failing fine-tune. Yields (client, context)."""
+    from gradio_client import Client
+
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    ctx = create_context(tiny_weights, data_dir, allow_hub=False,
+                         finetune_dir=tmp_path_factory.mktemp("fair-finetuned"))
+    demo = build_demo(ctx)
+    client = Client(serve_locally(demo, ctx), verbose=False)
+    yield client, ctx
+    client.close()
+    demo.close()
+
+
+def test_a_failed_job_says_so_without_the_server_s_words(job_app, monkeypatch):
+    from vit_demo.finetune import job as job_module
+
+    client, ctx = job_app
+
+    def full_disk(path, tensors):
+        raise OSError(28, f"No space left on device: '{path}'")
+
+    monkeypatch.setattr(job_module, "save_tensors", full_disk)
+    with pytest.raises(AppError, match="the job failed on the server"):
+        client.predict("scratch", 32, 1, 0, 16, 1e-3, False, 0, "disk", 0, 10,
+                       api_name="/finetune")
+    state = client.predict(api_name="/finetune_status")[5]
+    assert state["status"] == "failed" and state["error"] == INTERNAL
+    text = str(state)
+    assert "OSError" not in text and str(ctx.store.folder) not in text and "/tmp/" not in text
+
+
+def test_a_finished_checkpoint_is_hashed_once_not_on_every_status_call(tmp_path, monkeypatch):
+    from gradio import processing_utils
+
+    hashed = []
+    real = processing_utils.hash_file
+    monkeypatch.setattr(processing_utils, "hash_file", lambda p, *a, **k: hashed.append(p) or real(p, *a, **k))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(os.urandom(4096))
+    first = cache_budget.served_copy(weights)
+    assert [cache_budget.served_copy(weights) for _ in range(5)] == [first] * 5
+    assert len(hashed) == 1 and Path(first).read_bytes() == weights.read_bytes()
+    os.remove(first)  # the cache let it go: copied again
+    assert Path(cache_budget.served_copy(weights)).read_bytes() == weights.read_bytes()
+    assert len(hashed) == 2
+
+
+def test_a_client_is_its_connection_or_the_proxy_s_last_forwarded_address():
+    assert client_address("10.0.0.5", "6.6.6.6", behind_proxy=False) == "10.0.0.5"
+    assert client_address("10.0.0.5", "6.6.6.6, 1.2.3.4", behind_proxy=True) == "1.2.3.4"
+    assert client_address("10.0.0.5", None, behind_proxy=True) == "10.0.0.5"
