@@ -5,7 +5,10 @@ on every status call."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,7 +17,7 @@ from gradio_client.exceptions import AppError
 
 from vit_demo.finetune.job import INTERNAL, public_message
 from vit_demo.ui import cache_budget
-from vit_demo.ui.limits import BAD_SESSION, client_address
+from vit_demo.ui.limits import BAD_SESSION, client_address, queued_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +50,7 @@ def test_an_example_index_past_the_examples_is_a_clear_error(app, client):
 
 
 def test_every_queued_event_that_reads_an_image_runs_in_a_shared_limit(app):
-    """No event takes an upload outside the inference (or maps) group: the one that showed an
+    """No event takes an upload outside the inference (or heavy) group: the one that showed an
     example (`/classify_example_1`) took any image; it now takes the example's index."""
     import gradio as gr
 
@@ -59,7 +62,9 @@ def test_every_queued_event_that_reads_an_image_runs_in_a_shared_limit(app):
                     and any(isinstance(block, gr.Image) for block in fn.inputs)]
     assert {fn.api_name for fn in image_events} >= {"classify", "rollout", "inside"}
     for fn in image_events:
-        assert fn.concurrency_id in ("inference", "maps"), fn.api_name
+        assert fn.concurrency_id in ("inference", "heavy"), fn.api_name
+    groups = {fn.api_name: fn.concurrency_id for fn in image_events}
+    assert groups["classify"] == "inference" and groups["rollout"] == groups["inside"] == "heavy"
 
 
 def test_failures_show_no_exception_class_nor_server_path():
@@ -71,7 +76,7 @@ def test_failures_show_no_exception_class_nor_server_path():
 
 @pytest.fixture(scope="module")
 def job_app(tiny_weights, data_dir, tmp_path_factory):
-    """An app of its own for a failing fine-tune. Yields (client, context)."""
+    """An app of its own for fine-tune jobs. Yields (client, context, demo)."""
     from gradio_client import Client
 
     from vit_demo.ui import build_demo, create_context, serve_locally
@@ -80,7 +85,7 @@ def job_app(tiny_weights, data_dir, tmp_path_factory):
                          finetune_dir=tmp_path_factory.mktemp("fair-finetuned"))
     demo = build_demo(ctx)
     client = Client(serve_locally(demo, ctx), verbose=False)
-    yield client, ctx
+    yield client, ctx, demo
     client.close()
     demo.close()
 
@@ -88,7 +93,7 @@ def job_app(tiny_weights, data_dir, tmp_path_factory):
 def test_a_failed_job_says_so_without_the_server_s_words(job_app, monkeypatch):
     from vit_demo.finetune import job as job_module
 
-    client, ctx = job_app
+    client, ctx, demo = job_app
 
     def full_disk(path, tensors):
         raise OSError(28, f"No space left on device: '{path}'")
@@ -124,3 +129,84 @@ def test_a_client_is_its_connection_or_the_proxy_s_last_forwarded_address():
     assert client_address("10.0.0.5", "6.6.6.6", behind_proxy=False) == "10.0.0.5"
     assert client_address("10.0.0.5", "6.6.6.6, 1.2.3.4", behind_proxy=True) == "1.2.3.4"
     assert client_address("10.0.0.5", None, behind_proxy=True) == "10.0.0.5"
+
+
+def test_pages_watch_a_job_by_polling_outside_the_queue(job_app):
+    """While a job runs, fifty page loads and polls (the events a page fires, sent as the page
+    sends them) are answered at once with the running job, and hold none of the queue's
+    workers: only the starter's own stream does. The only streaming event is /finetune."""
+    client, ctx, demo = job_app
+    streams = [fn.api_name for fn in demo.fns.values() if fn.inputs is not None
+               and (fn.fn is not None and inspect.isasyncgenfunction(fn.fn))]
+    assert streams == ["finetune"]
+    url = client.src
+    cfg = config(url)
+    polls = [i for i, d in enumerate(cfg["dependencies"])
+             if d["queue"] is False and len(d["outputs"]) == 7
+             and any(t[1] in ("load", "tick") for t in d["targets"])]
+    assert len(polls) == 2  # on page load, and the page's timer
+    job = client.submit("scratch", 3000, 1, 3000, 16, 1e-3, False, 0, "watched", 0, 10,
+                        api_name="/finetune")
+    try:
+        deadline = time.monotonic() + 60
+        while client.predict(api_name="/finetune_status")[5]["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with httpx.Client(timeout=30) as http, ThreadPoolExecutor(10) as pool:
+            def page(i: int) -> dict:
+                answer = http.post(f"{url}gradio_api/run/predict", json={
+                    "fn_index": polls[i % 2], "data": [], "session_hash": f"page{i}"})
+                assert answer.status_code == 200, answer.text
+                return answer.json()["data"]
+
+            for data in pool.map(page, range(50)):
+                assert data[5]["status"] == "running" and data[6]["active"] is True
+        assert sum(1 for running in demo._queue.active_jobs if running) <= 1
+    finally:
+        client.predict(api_name="/finetune_stop")
+        job.result(timeout=120)
+
+
+
+def test_one_client_may_have_only_so_many_requests_in_flight(tiny_weights, data_dir, monkeypatch):
+    """Behind a proxy (as on a Space) a client is the last X-Forwarded-For address: with two
+    slow requests in flight its third is refused (429) at once, whatever it puts in front in
+    the header, while another client's request is answered."""
+    from gradio_client import Client
+
+    from vit_demo.settings import Settings
+    from vit_demo.ui import build_demo, classify, create_context, serve_locally
+    from vit_demo.ui.limits import PROXY_ENV
+
+    def slow(ctx, image, choice):
+        time.sleep(4)
+        return None, None, "slow"
+
+    monkeypatch.setattr(classify, "classify", slow)
+    monkeypatch.setenv(PROXY_ENV, "1")
+    ctx = create_context(tiny_weights, data_dir, allow_hub=False,
+                         settings=Settings(client_requests=2))
+    demo = build_demo(ctx)
+    url = serve_locally(demo, ctx)
+    flooder = Client(url, verbose=False, headers={"X-Forwarded-For": "1.1.1.1"})
+    bystander = Client(url, verbose=False, headers={"X-Forwarded-For": "2.2.2.2"})
+    try:
+        jobs = [flooder.submit(None, "scratch", api_name="/classify") for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while sum(1 for _ in queued_events(demo)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        index = fn_index(url, "classify")
+        for forwarded in ("1.1.1.1", "2.2.2.2, 1.1.1.1"):  # a spoofed front entry changes nothing
+            answer = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                                headers={"X-Forwarded-For": forwarded},
+                                json={"data": [None, "scratch"], "fn_index": index,
+                                      "session_hash": "flood3"})
+            assert answer.status_code == 429 and "2 requests waiting or running" in answer.text
+        assert bystander.predict(None, "scratch", api_name="/classify")[2] == "slow"
+        assert [job.result(timeout=60)[2] for job in jobs] == ["slow", "slow"]
+    finally:
+        flooder.close()
+        bystander.close()
+        demo.close()
+

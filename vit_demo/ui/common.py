@@ -23,9 +23,13 @@ from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, 
                         LoadedModel, ModelStatus, ModelUnavailable, Registry)
 from .limits import checked_examples
 
-# /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
-# in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
+# /classify (and an example's answer) share one limit (concurrency_id "inference"): requests
+# beyond it wait in the queue. Each forward pass uses torch's intra-op threads, so more would
+# only contend. The expensive work (attention maps and their scores, "Inside the model", the
+# latency measurement: seconds of CPU each with ViT-B/16) has a group of its own ("heavy"),
+# so that however many of those wait, classification keeps its own slots.
 INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
+HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 2}
 
 
 @dataclass

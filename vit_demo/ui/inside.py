@@ -22,7 +22,7 @@ from ..inside import patch_size
 from ..inside_plots import (DistanceFigure, WeightFigures, cifar_distance_figure, distance_figure,
                             weight_figures)
 from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
-from .common import BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown, read_image
+from .common import BOTH, HEAVY, AppContext, image_input, keys_for, model_dropdown, read_image
 
 T = TypeVar("T")
 PNG_FOLDER = "vit-demo-inside"  # in Gradio's cache folder
@@ -195,6 +195,6 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> None:
         return inside(ctx, model, image)
 
     outputs = [*left, *right, notes, values]
-    run.click(inside_figures, inputs=[choice, image], outputs=outputs, api_name="inside", **INFERENCE)
+    run.click(inside_figures, inputs=[choice, image], outputs=outputs, api_name="inside", **HEAVY)
     for event in (tab.select, choice.change):
-        event(inside_figures, inputs=[choice, image], outputs=outputs, api_visibility="private", **INFERENCE)
+        event(inside_figures, inputs=[choice, image], outputs=outputs, api_visibility="private", **HEAVY)
