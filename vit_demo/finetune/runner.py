@@ -28,7 +28,8 @@ from ..registry import VITB16, Registry
 from ..settings import Settings
 from ..storage import oldest_first, remove_partial, work_dir
 from .job import JobError, base_timm_name, prepare, public_message, run_train_job
-from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
+from .policy import (IMAGES_PER_S, WARMUP_STEPS, device_warning, estimate_s, gpu_seconds,
+                     on_zero_gpu, projected_s, training_device)
 from .request import FinetuneRequest, InvalidRequest
 from .store import FinetuneStore, keep_newest
 
@@ -118,6 +119,11 @@ class JobRunner:
             for old in keep_newest(self._states_written, path, settings.keep_finetuned):
                 old.unlink(missing_ok=True)
         self._stop_reason = "stopped"  # how the log words a stop: by the visitor or the budget
+        self._refused = ""  # why the warm-up stopped the job (its measured end over the budget)
+        self._request: FinetuneRequest | None = None
+        self._phase_start = 0.0  # time.monotonic() when the baseline, then the timed steps, began
+        self._eval_rate = 0.0  # images/s of the baseline validation, 0 until measured
+        self._warm_steps = 0  # steps of this run, until the warm-up check
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> JobState:
@@ -192,7 +198,8 @@ class JobRunner:
                     "runs at a time: wait for it to finish or stop it.")
             estimate = self.check(request)
             self._cancel = threading.Event()
-            self._stop_reason = "stopped"
+            self._stop_reason, self._refused, self._request = "stopped", "", request
+            self._eval_rate, self._warm_steps = 0.0, 0
             self._state = JobState(id=self._state.id + 1, status=STARTING, request=asdict(request),
                                    device=self.device, warning=device_warning(self.device),
                                    total_steps=request.total_steps(), started=time.time(),
@@ -252,6 +259,8 @@ class JobRunner:
                     for old in keep_newest(self._states_written, state_path,
                                            self.settings.keep_finetuned):
                         old.unlink(missing_ok=True)
+                if self._refused:
+                    return self._end(FAILED, self._refused, error=self._refused)
                 every = request.train_config().checkpoint_every
                 last = self._state.step // every * every  # the last resume state's step
                 return self._end(CANCELLED, f"{self._stop_reason} at step {self._state.step}; "
@@ -305,6 +314,7 @@ class JobRunner:
         if kind == "log":
             self._update(value)
         elif kind == "started":
+            self._phase_start = time.monotonic()
             self._update(f"training {value['trainable']:,} parameters for "
                          f"{value['total_steps']} steps ({value['steps_per_epoch']} per epoch)"
                          + (f"; resumed at step {value['resumed_step']}"
@@ -312,6 +322,8 @@ class JobRunner:
                          total_steps=value["total_steps"], step=value["resumed_step"],
                          **({} if cancel.is_set() else {"status": RUNNING}))
         elif kind == "baseline":
+            self._eval_rate = self._request.val_images / max(time.monotonic() - self._phase_start,
+                                                             1e-3)
             with self._cond:
                 self._state.history.append(value)
                 self._update(f"step {value['step']}: validation accuracy "
@@ -335,6 +347,11 @@ class JobRunner:
             s.images_per_s = rate if s.images_per_s is None else 0.8 * s.images_per_s + 0.2 * rate
             s.step, s.total_steps, s.epoch, s.eta_s = p["step"], p["total_steps"], p["epoch"], p["eta_s"]
             s.history.append(row)
+            self._warm_steps += 1  # timed from the end of the first step (its set-up aside)
+            if self._warm_steps == 1:
+                self._phase_start = time.monotonic()
+            elif self._warm_steps == 1 + WARMUP_STEPS:
+                self._check_projection(p, (time.monotonic() - self._phase_start) / WARMUP_STEPS)
             if p["val_accuracy"] is not None:
                 self._update(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
                              f"validation accuracy {p['val_accuracy']:.4f}")
@@ -343,6 +360,25 @@ class JobRunner:
                              f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
             else:
                 self._update()
+
+    def _check_projection(self, p: dict, step_s: float) -> None:
+        """After the warm-up (``step_s``: seconds a step, measured): the job's end projected
+        from its measured speed. One that would overrun its budget is stopped now, with the
+        measured rate (instead of at the budget, with nothing kept)."""
+        request, s = self._request, self._state
+        eval_rate = self._eval_rate or IMAGES_PER_S[(self.device, request.base_kind)][1]
+        total = projected_s(time.time() - s.started, step_s * (p["total_steps"] - p["step"]),
+                            request, p["epoch"], eval_rate)
+        if total <= self.settings.max_job_s or self._cancel.is_set():
+            return
+        rate = request.batch_size / step_s
+        self._refused = (
+            f"Stopped after a warm-up of {p['step']} steps: at the {rate:,.0f} images/s "
+            f"measured here the job would take about {total:,.0f} s, over its budget of "
+            f"{self.settings.max_job_s:,} s. Use fewer images, epochs or steps (about "
+            f"{self.settings.max_job_s / total:.0%} of this job fits).")
+        self._cancel.set()
+        self._update(self._refused, status=STOPPING)
 
     def _save_card(self, name: str, card: ModelCard, test: dict | None) -> None:
         """Write the card (the pair is then complete), evict beyond the cap, make it usable."""
