@@ -203,6 +203,9 @@ def test_one_client_may_have_only_so_many_requests_in_flight(tiny_weights, data_
                                 json={"data": [None, "scratch"], "fn_index": index,
                                       "session_hash": "flood3"})
             assert answer.status_code == 429 and "2 requests waiting or running" in answer.text
+        upload = httpx.post(f"{url}gradio_api/upload", headers={"X-Forwarded-For": "1.1.1.1"},
+                            files={"files": ("x.png", b"x" * 100)}, timeout=30)
+        assert upload.status_code == 429  # nor may it fill the cache meanwhile
         assert bystander.predict(None, "scratch", api_name="/classify")[2] == "slow"
         assert [job.result(timeout=60)[2] for job in jobs] == ["slow", "slow"]
     finally:

@@ -10,7 +10,7 @@ arrives and cut off (413) at the limit, before Gradio has written it anywhere.
 ``QueueGuard`` (ASGI middleware) looks at each request to join Gradio's queue (``/queue/join``,
 ``/call/<api name>``): a page's session id must be a short token (Gradio answers an empty one
 with a server error), and one client may have at most ``max_requests`` requests waiting or
-running at once (HTTP 429 beyond). A client is the address its connection comes from; behind a
+running at once (HTTP 429 beyond; its uploads too, so that it cannot fill the cache meanwhile). A client is the address its connection comes from; behind a
 proxy (``behind_proxy``: on a Space), the last address in ``X-Forwarded-For``, the one the
 proxy itself saw. A visitor can add addresses to the header, but only in front of that one:
 a spoofed header neither poses as another client nor escapes its own count.
@@ -177,13 +177,20 @@ class QueueGuard:
                                                                      behind_proxy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not joins_queue(scope["path"]):
+        if scope["type"] != "http" or scope["method"] != "POST" or not (
+                joins_queue(scope["path"]) or is_upload(scope["path"])):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1") or None
         address = client_address(scope["client"][0] if scope.get("client") else None,
                                  forwarded, self.behind_proxy)
+        if is_upload(scope["path"]):  # a client at its share may not fill the cache meanwhile
+            if self._at_share(address):
+                await refuse(scope, receive, send, 429, self._busy())
+                return
+            await self.app(scope, receive, send)
+            return
         body, more = b"", True
         while more:  # within BodyLimit's bound, which runs first
             message = await receive()
@@ -194,10 +201,8 @@ class QueueGuard:
         if scope["path"].rstrip("/").endswith("/queue/join") and not valid_session(body):
             await refuse(scope, receive, send, 400, BAD_SESSION)
             return
-        if in_flight(queued_events(self.demo), address, self.behind_proxy) >= self.max_requests:
-            await refuse(scope, receive, send, 429,
-                         f"this client already has {self.max_requests} requests waiting or "
-                         "running; wait for one to finish")
+        if self._at_share(address):
+            await refuse(scope, receive, send, 429, self._busy())
             return
         replayed = False
 
@@ -209,6 +214,14 @@ class QueueGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+    def _at_share(self, address: str) -> bool:
+        return in_flight(queued_events(self.demo), address, self.behind_proxy) >= self.max_requests
+
+    def _busy(self) -> str:
+        return (f"this client already has {self.max_requests} requests waiting or running; "
+                "wait for one to finish")
 
 
 def valid_session(body: bytes) -> bool:
