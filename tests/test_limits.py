@@ -94,20 +94,23 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(small_app):
         for _ in range(limit // 65536 + 2):
             yield b"x" * 65536
 
+    before = set(cache.rglob("*"))
     with httpx.Client(timeout=60) as http:
         answer = http.post(f"{url}gradio_api/upload", content=body(),
                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert answer.status_code == 413 and "larger than this server's limit" in answer.json()["detail"]
-    assert not [p for p in cache.rglob("big.bin")]
+    assert set(cache.rglob("*")) == before  # nothing of it left in the cache
 
 
 def test_one_file_per_upload_request(small_app):
-    url, _, _ = small_app
+    url, _, cache = small_app
     with httpx.Client(timeout=60) as http:
         files = [("files", (f"f{i}.png", b"x" * 1000)) for i in range(2)]
+        before = set(cache.rglob("*"))
         answer = http.post(f"{url}gradio_api/upload", files=files)
         assert answer.status_code == 400 and answer.json() == {
             "detail": "send one file per upload request"}
+        assert set(cache.rglob("*")) == before
         one = http.post(f"{url}gradio_api/upload", files=[files[0]])
         assert one.status_code == 200 and len(one.json()) == 1
 

@@ -1,18 +1,21 @@
 """Limits on what one request, and one client, may ask of the server, checked before Gradio.
+docs/running-in-public.md lists them all.
 
 ``BodyLimit`` (ASGI middleware) bounds every request body: an upload (``/upload``, multipart)
 to the upload limit plus room for its form headers, and carrying one file; any other body (JSON:
 an API call, an MCP tool call, an event with an image inline as a ``data:`` URL) to what one
 image of the upload limit takes in base64. A body that says its length (``Content-Length``) and
 is over is answered HTTP 413 before a byte of it is read; one sent in chunks is counted as it
-arrives and cut off (413) at the limit, before Gradio has written it anywhere.
+arrives and cut off (413) at the limit, an upload's end spoiled so that Gradio deletes what it
+had written of it.
 
 ``QueueGuard`` (ASGI middleware) looks at each request to join Gradio's queue (``/queue/join``,
 ``/call/<api name>``): a page's session id must be a short token (Gradio answers an empty one
 with a server error), and one client may have at most ``max_requests`` requests waiting or
-running at once (HTTP 429 beyond; its uploads too, so that it cannot fill the cache meanwhile). A client is the address its connection comes from; behind a
-proxy (``behind_proxy``: on a Space), the last address in ``X-Forwarded-For``, the one the
-proxy itself saw. A visitor can add addresses to the header, but only in front of that one:
+running at once (HTTP 429 beyond; its uploads too, so that it cannot fill the cache
+meanwhile). A client is the address its connection comes from; behind a proxy
+(``behind_proxy``: on a Space), the last address in ``X-Forwarded-For``, the one the proxy
+itself saw. A visitor can add addresses to the header, but only in front of that one:
 a spoofed header neither poses as another client nor escapes its own count.
 """
 
@@ -68,6 +71,12 @@ class BodyCount:
         return None
 
 
+def spoiled(boundary: bytes) -> bytes:
+    """The end of a multipart body that Gradio's parser refuses (a part header with no name):
+    it then deletes the files it was writing, which a lost connection would leave behind."""
+    return b"\r\n--" + boundary + b"\r\n:\r\n"
+
+
 def too_large(limit: int) -> str:
     return f"the request is larger than this server's limit of {limit / 2**20:.1f} MB"
 
@@ -101,7 +110,8 @@ class BodyLimit:
         if length.isdigit() and int(length) > limit:
             await refuse(scope, receive, send, 413, too_large(limit))
             return
-        count = BodyCount(limit, multipart_boundary(scope) if upload else None, max_parts=1)
+        boundary = multipart_boundary(scope) if upload else None
+        count = BodyCount(limit, boundary, max_parts=1)
         refused: list[tuple[int, str]] = []
         started = False
 
@@ -111,7 +121,8 @@ class BodyLimit:
                 problem = count.add(message.get("body", b""))
                 if problem:  # the app stops reading; its answer is replaced by ours
                     refused.append(problem)
-                    return {"type": "http.disconnect"}
+                    return ({"type": "http.request", "body": spoiled(boundary), "more_body": False}
+                            if boundary else {"type": "http.disconnect"})
             return message
 
         async def guarded(message: Message) -> None:
