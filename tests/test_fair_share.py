@@ -213,3 +213,24 @@ def test_one_client_may_have_only_so_many_requests_in_flight(tiny_weights, data_
         bystander.close()
         demo.close()
 
+
+
+def test_the_server_keeps_the_state_of_so_many_pages(tiny_weights, data_dir):
+    """Each new session id costs Gradio a copy of the page's state (about 250 KB): beyond
+    ``sessions`` the least recently used are forgotten, however many ids a client makes up."""
+    from vit_demo.settings import Settings
+    from vit_demo.ui import build_demo, create_context, serve_locally
+
+    ctx = create_context(tiny_weights, data_dir, allow_hub=False, settings=Settings(sessions=5))
+    demo = build_demo(ctx)
+    url = serve_locally(demo, ctx)
+    try:
+        index = fn_index(url, "status")
+        with httpx.Client(timeout=30) as http:
+            for i in range(30):
+                answer = http.post(f"{url}gradio_api/run/predict", json={
+                    "fn_index": index, "data": [], "session_hash": f"made-up-{i}"})
+                assert answer.status_code == 200, answer.text
+        assert 0 < len(demo.state_holder.session_data) <= 5
+    finally:
+        demo.close()

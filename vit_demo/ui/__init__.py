@@ -118,6 +118,7 @@ def launch_kwargs(demo: gr.Blocks, ctx: AppContext) -> dict:
     before the cache budget counts it; session ids and requests in flight per client are
     checked before Gradio's queue sees a request (``limits.QueueGuard``)."""
     return {"max_file_size": ctx.settings.max_bytes, "css": CSS, "mcp_server": True,
+            "state_session_capacity": ctx.settings.sessions,
             "allowed_paths": [str(ctx.store.folder.resolve())],
             "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads},
                            "middleware": [Middleware(HidePartial),
