@@ -28,6 +28,7 @@ import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,6 +48,7 @@ from vit_demo.card import ModelCard, save_model  # noqa: E402
 from vit_demo.data import CIFAR10_DATA_CONFIG, CLASSES, DataUnavailable, load_cifar10  # noqa: E402
 from vit_demo.model import PRESETS, ViT  # noqa: E402
 from vit_demo.registry import SCRATCH, SCRATCH_CHECKPOINT  # noqa: E402
+from vit_demo.settings import Settings  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 N_IMAGES = 16  # distinct images cycled through the requests
@@ -101,7 +103,9 @@ def launch_app(stack: ExitStack, data_dir: str | None) -> tuple[str, str]:
     else:
         weights = tiny_weights(Path(stack.enter_context(tempfile.TemporaryDirectory())))
         source = "tiny random cifar10-64x2/4 (no shipped checkpoint)"
-    ctx = create_context(weights, data_dir, allow_hub=False)
+    # the clients are threads of this process: one client to the per-client cap, lifted here
+    settings = replace(Settings.from_env(), client_requests=10 ** 6)
+    ctx = create_context(weights, data_dir, allow_hub=False, settings=settings)
     demo = build_demo(ctx)
     url = serve_locally(demo, ctx)
     stack.callback(demo.close)

@@ -50,6 +50,17 @@ def synthetic_cifar10(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.fixture(scope="session", autouse=True)
+def work_dir(tmp_path_factory) -> Path:
+    """The app's run-time folders (``storage.work_dir``: fine-tunes, resume states) in this
+    session's temporary folder, not the machine's shared one."""
+    folder = tmp_path_factory.mktemp("work")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VIT_DEMO_WORK_DIR", str(folder))
+    yield folder
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A folder with synthetic ``cifar10_{train,test}.npz`` in CIFAR-10's layout, also set as

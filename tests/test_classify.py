@@ -124,7 +124,7 @@ def test_page_says_briefly_which_model_is_missing_and_defaults_to_one_that_works
     """ViT-B/16 offline: badges name it once with a short reason, the operator's details say
     how to get it, no exception text anywhere; the default model is the scratch one, and
     neither "both" nor ViT-B/16 is offered."""
-    from vit_demo.ui.common import (BOTH, default_choice, model_choices, operator_details,
+    from vit_demo.ui.common import (default_choice, model_choices, operator_details,
                                     status_badges, unavailable_message)
 
     _, ctx = app

@@ -238,6 +238,7 @@ def test_only_the_starting_session_may_stop(tmp_path, data_dir):
 
 def test_budget_is_enforced_while_running(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(runner_module, "estimate_s", lambda request, device, setup=True: 0.0)
+    monkeypatch.setattr(runner_module, "WARMUP_STEPS", 10 ** 9)  # no projection: the timer
     runner = _runner(tmp_path, data_dir, max_job_s=2)
     started = time.monotonic()
     runner.start(FinetuneRequest(train_images=8000, batch_size=16, epochs=50, name="long"),
@@ -246,6 +247,35 @@ def test_budget_is_enforced_while_running(tmp_path, data_dir, monkeypatch):
     assert state.status == CANCELLED and time.monotonic() - started < 6
     assert any("reached its budget of 2 s" in line for line in state.log)
     assert "stopped at its time budget" in state.log[-1]
+
+
+def test_the_projected_end_counts_what_is_done_and_every_evaluation_to_come():
+    from vit_demo.finetune.policy import projected_s
+
+    request = FinetuneRequest(train_images=3000, epochs=3, batch_size=16, val_images=200,
+                              test_images=500)
+    # 1.4 epochs done: validations at the ends of epochs 2 and 3 to come, then the test
+    assert projected_s(40.0, 100.0, request, 1.4, 50.0) == pytest.approx(40 + 100 + (2 * 200 + 500) / 50)
+    no_val = FinetuneRequest(train_images=3000, epochs=3, batch_size=16, val_images=0,
+                             test_images=500)
+    assert projected_s(0.0, 10.0, no_val, 0.0, 100.0) == pytest.approx(10 + 5)
+
+
+def test_a_job_whose_measured_speed_overruns_its_budget_stops_after_the_warm_up(
+        tmp_path, data_dir, monkeypatch):
+    """The estimate before the start is rough; after a few timed steps the job's end is
+    projected from the speed measured here, and a job that would overrun is stopped then,
+    saying the measured rate, instead of at the budget with nothing kept."""
+    monkeypatch.setattr(runner_module, "estimate_s", lambda request, device, setup=True: 0.0)
+    runner = _runner(tmp_path, data_dir, max_job_s=30)
+    started = time.monotonic()
+    runner.start(FinetuneRequest(train_images=8000, batch_size=16, epochs=50, val_images=200,
+                                 name="too-long"), owner="me")
+    state = runner.wait(timeout=60)
+    assert state.status == "failed" and time.monotonic() - started < 25, state.log
+    assert "images/s measured here" in state.error and "over its budget of 30 s" in state.error
+    assert state.step == 1 + runner_module.WARMUP_STEPS
+    assert not list(runner.store.folder.glob("too-long*"))
 
 
 def test_the_cap_holds_after_ten_jobs(tmp_path, data_dir):

@@ -33,7 +33,7 @@ def test_mcp_tools_are_the_read_only_endpoints_with_their_api_parameters(app, cl
         assert tools[name]["description"], name
     classify = tools["classify_image"]["inputSchema"]
     assert list(classify["properties"]) == ["image", "model"] and classify["required"] == ["image"]
-    assert "url" in classify["properties"]["image"]["format"]  # an agent sends the image's URL
+    assert "url" in classify["properties"]["image"]["format"]  # Gradio says URL; data: URLs go
     assert "scratch" in classify["properties"]["model"]["enum"]
     rollout = tools["attention_rollout"]["inputSchema"]["properties"]
     assert rollout["method"]["enum"] == ["grad", "rollout", "raw"]
@@ -59,3 +59,29 @@ def test_an_agent_lists_and_calls_tools_over_the_mcp_protocol(app, client):
     assert sorted(names) == sorted(TOOLS)
     assert not answer.isError
     assert ast.literal_eval(answer.content[0].text) == client.predict(api_name="/status")
+
+
+def test_an_agent_sends_images_inline_and_a_web_address_is_refused(app, cifar_test):
+    """Over MCP an image goes in as a data: URL; an http(s) URL is refused without a download
+    (limits: the server never fetches a visitor's URL)."""
+    import base64
+    import io
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(cifar_test.x[0].numpy()).save(buffer, format="PNG")
+    inline = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    async def session():
+        async with streamable_http_client(f"{app[0]}gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                return [await s.call_tool("classify_image", {"image": image, "model": "scratch"})
+                        for image in (inline, "http://127.0.0.1:9/cat.png")]
+
+    sent_inline, sent_url = asyncio.run(session())
+    assert not sent_inline.isError and "confidences" in sent_inline.content[0].text
+    assert sent_url.isError and "Cannot fetch an image from a web address" in str(sent_url.content)

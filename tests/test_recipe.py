@@ -227,4 +227,4 @@ def test_the_learning_curve_adds_up_the_stages_time_and_flops(whole_run, tmp_pat
     png = tmp_path / "curve.png"
     main(["recipe-report", "--recipe", str(TINY_RECIPE), "--run-dir", str(run_dir), "--png", str(png)])
     out = capsys.readouterr().out
-    assert f"| vit | 2.0 / 2 |" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| vit | 2.0 / 2 |" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,7 @@ from conftest import save_tiny_scratch
 from vit_demo.card import Tensors, load_model_tensors, read_card
 from vit_demo.checkpoint import CheckpointError, load_tensors, model_path, sha256
 from vit_demo.registry import SCRATCH_CHECKPOINT, ModelUnavailable, Registry
+from vit_demo.storage import work_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +142,8 @@ def test_file_route_serves_nothing_from_the_weights_folder(served_app):
     with httpx.Client(timeout=60) as http:
         for path in sorted(weights.iterdir()):
             response = http.get(f"{url}gradio_api/file={path}")
-            assert response.status_code == 403, (path.name, response.status_code)
+            # 404 for a half-written file (limits.HidePartial), 403 (Gradio) for the others
+            assert response.status_code in (403, 404), (path.name, response.status_code)
             assert path.read_bytes()[:64] not in response.content
 
 
@@ -272,7 +274,9 @@ def test_no_response_names_a_server_path(app, client, cifar_png):
             assert secret not in text, (secret, text[:300])
 
 
-def test_resume_state_folders_are_per_instance_and_foreign_files_stay(tmp_path, data_dir):
+def test_resume_state_folder_is_reused_and_files_within_the_cap_stay(tmp_path, data_dir):
+    """One resume folder for every start of the app (a restart finds, and counts, what the
+    last run left: tests/test_restarts.py); a state file within the cap stays."""
     from vit_demo.finetune.request import FinetuneRequest
     from vit_demo.finetune.runner import DONE, JobRunner
     from vit_demo.finetune.store import FinetuneStore
@@ -284,7 +288,7 @@ def test_resume_state_folders_are_per_instance_and_foreign_files_stay(tmp_path, 
         registry = Registry(weights, allow_hub=False, finetune_dir=tmp_path / "ft")
         return JobRunner(registry, FinetuneStore(tmp_path / "ft", 3), data_dir, state_dir=state_dir)
 
-    assert runner().state_dir != runner().state_dir
+    assert runner().state_dir == runner().state_dir == work_dir("resume")
     shared = tmp_path / "state"
     shared.mkdir()
     foreign = shared / "another-instance.safetensors"

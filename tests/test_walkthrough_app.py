@@ -87,7 +87,7 @@ def test_walkthrough_api_refuses_what_it_cannot_walk_through(client, cifar_test,
     with pytest.raises(AppError) as unavailable:  # offline: no ViT-B/16 in the shared app
         client.predict(handle_file(str(path)), "vit-b16", api_name="/walkthrough")
     message = str(unavailable.value)
-    assert "is unavailable" in message and "Error" not in message and "/" + "tmp" not in message
+    assert "is not available here" in message and "Error" not in message and "/" + "tmp" not in message
 
 
 def test_walkthrough_api_vit_b16(vitb16_app, cifar_test, tmp_path):

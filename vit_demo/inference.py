@@ -24,6 +24,8 @@ MAX_PIXELS = 25_000_000  # decompression-bomb limit (width * height), e.g. 6000 
 # What a browser or phone hands over (Pillow's JPEG reader also takes multi-picture JPEGs);
 # other Pillow formats (EPS runs Ghostscript, PSD, FITS, ...) are never even identified.
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+# Largest photo (width x height, after resizing) ``frame`` resizes whole before cropping.
+FULL_RESIZE_PIXELS = 2 ** 23
 _UNREADABLE = "the file is not an image format the app can read (PNG, JPEG, GIF, WebP, BMP, TIFF)"
 
 
@@ -101,14 +103,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # benchmarks/bench_preprocess.py --runs 20`): photos of 32 / 224 px to the scratch ViT's 32 px
 # 0.55-0.74 / 0.79-0.96, of 32 px to ViT-B/16's 224 px 0.89 or less; the larger cases, slowed
 # 10-25 fold by the other load, scatter from 0.8 to 1.4 either way.
-def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
-    """RGB image to the model's (1, C, H, W) input: resized and centre-cropped
-    (``data.resized_crop``), then normalised (``data.preprocess_batch``), as timm's eval
-    transform does."""
+def frame(img: Image.Image, cfg: DataConfig) -> Image.Image:
+    """The RGB image the model sees of ``img``: resized and centre-cropped as timm's eval
+    transform does (``data.resized_crop``). Resizing the whole photo before cropping costs its
+    resized size: a 1 x 1,000,000 px photo would become 32 x 32,000,000 (3 GB). Up to
+    ``FULL_RESIZE_PIXELS`` it is done so (timm's pixels exactly); beyond, only the region the
+    crop keeps is resized (Pillow's ``box``): the same sampling positions and filter, the
+    same pixels up to the rounding between the two resampling passes."""
     resample = Image.BICUBIC if cfg.interpolation == "bicubic" else Image.BILINEAR
-    new_size, box = resized_crop(img.size, cfg.input_size[1:], cfg.crop_pct)
-    img = img.resize(new_size, resample).crop(box)
-    return preprocess_batch(torch.from_numpy(np.array(img))[None], cfg)  # (1, H, W, C) uint8 in
+    (new_w, new_h), box = resized_crop(img.size, cfg.input_size[1:], cfg.crop_pct)
+    if new_w * new_h <= FULL_RESIZE_PIXELS:
+        return img.resize((new_w, new_h), resample).crop(box)
+    sx, sy = img.width / new_w, img.height / new_h
+    left, top, right, bottom = box
+    return img.resize((right - left, bottom - top), resample,
+                      box=(left * sx, top * sy, right * sx, bottom * sy))
+
+
+def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
+    """RGB image to the model's (1, C, H, W) input: framed (``frame``), then normalised
+    (``data.preprocess_batch``), as timm's eval transform does."""
+    framed = np.array(frame(img, cfg))  # (H, W, C) uint8
+    return preprocess_batch(torch.from_numpy(framed)[None], cfg)
 
 
 @dataclass(frozen=True)

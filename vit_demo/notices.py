@@ -9,7 +9,10 @@ core raises or returns these, the UI decides where each text goes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"():,;]+){2,}")  # a path of two parts or more
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,17 @@ class Explained(Exception):
         return Notice(self.visitor, str(self))
 
 
+def without_paths(text: str) -> str:
+    """``text`` with every file path of this machine cut to its last part."""
+    return _PATH.sub(lambda m: re.split(r"[/\\]", m.group(0))[-1], text)
+
+
 def notice_of(exc: BaseException, bug: str) -> Notice:
     """What to say about ``exc``: an ``Explained`` says it itself; a ``ValueError`` is the
-    person's mistake, its message written for them; anything else is a bug of ours, ``bug``
-    for the visitor and the exception for the operator."""
+    person's mistake, its message written for them (any server path cut to its last part);
+    anything else is a bug of ours, ``bug`` for the visitor and the exception for the operator."""
     if isinstance(exc, Explained):
         return exc.notice
     if isinstance(exc, ValueError):
-        return Notice(str(exc), str(exc))
+        return Notice(without_paths(str(exc)), str(exc))
     return Notice(bug, f"{type(exc).__name__}: {exc}")

@@ -172,12 +172,17 @@ def photo_overlay(photo: np.ndarray | Image.Image, heatmap: np.ndarray | Sequenc
     (``crop_box``, photo pixels), with what lies outside dimmed (``OUTSIDE_DIM``); uint8."""
     _check_style(colormap, opacity)
     check_map(heatmap)
-    shown, scale = display_photo(photo, min_side, max_side)
-    height, width = shown.shape[:2]
-    left, top, right, bottom = (max(0, round(box[0] * scale)), max(0, round(box[1] * scale)),
-                                min(width, round(box[2] * scale)), min(height, round(box[3] * scale)))
-    if right <= left or bottom <= top:
+    photo_h, photo_w = np.shape(photo)[:2]
+    if box[2] <= 0 or box[3] <= 0 or box[0] >= photo_w or box[1] >= photo_h:
         raise ValueError(f"the crop box {box} lies outside the photo")
+    shown, _ = display_photo(photo, min_side, max_side)
+    height, width = shown.shape[:2]
+    sx, sy = width / photo_w, height / photo_h  # a long thin photo's thin side is rounded
+    # at least one pixel of the shown photo: a long thin photo's crop may be thinner than one
+    left = min(max(0, round(box[0] * sx)), width - 1)
+    top = min(max(0, round(box[1] * sy)), height - 1)
+    right = max(left + 1, min(width, round(box[2] * sx)))
+    bottom = max(top + 1, min(height, round(box[3] * sy)))
     out = shown.astype(np.float64) * OUTSIDE_DIM
     out[top:bottom, left:right] = _blend(shown[top:bottom, left:right], heatmap, colormap, opacity,
                                          grid, interpolation)

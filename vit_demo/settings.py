@@ -19,6 +19,8 @@ class Settings:
     max_file_mb: int = MAX_FILE_BYTES // 2 ** 20  # largest upload, refused before any handler runs
     cache_mb: int = 2048  # Gradio's folder of uploads and returned files: oldest deleted beyond it
     queue_size: int = 64  # requests waiting beyond this are refused at once ("queue full")
+    client_requests: int = 3  # requests one client may have waiting or running (HTTP 429 beyond)
+    sessions: int = 500  # pages whose state Gradio keeps (~250 KB each); the least recent go
     max_job_s: int = 600  # a fine-tune's wall-clock budget: estimated before start, enforced after
     keep_finetuned: int = 3  # fine-tuned checkpoints kept on disk and in memory; oldest evicted
     zerogpu_max_s: int = 120  # GPU seconds one ZeroGPU job may ask for (visitors have minutes a day)

@@ -81,3 +81,16 @@ def estimate_s(request: FinetuneRequest, device: str, setup: bool = True) -> flo
 def eval_batch_size(kind: ModelKind, device: str) -> int:
     """Evaluation batch: a few seconds of work at most, so that a stop lands within seconds."""
     return 500 if device == "cuda" else CPU_EVAL_BATCH[kind]
+
+
+WARMUP_STEPS = 5  # steps timed before the job's end is projected from its measured speed
+
+
+def projected_s(elapsed_s: float, train_left_s: float, request: FinetuneRequest,
+                epochs_done: float, eval_images_per_s: float) -> float:
+    """Seconds a running job will have taken in all: ``elapsed_s`` so far, ``train_left_s``
+    of training (the trainer's measured ETA), and the evaluations still to come (validation
+    at every epoch end not yet reached, then the test) at ``eval_images_per_s``."""
+    val_passes = max(0, math.ceil(request.epochs_to_run()) - math.floor(epochs_done))
+    evaluated = (request.val_images * val_passes if request.val_images else 0) + request.test_images
+    return elapsed_s + train_left_s + evaluated / eval_images_per_s

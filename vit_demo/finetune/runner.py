@@ -16,7 +16,6 @@ import contextvars
 import hashlib
 import json
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -29,8 +28,10 @@ from ..data import CLASSES
 from ..registry import VITB16, Registry
 from ..settings import Settings
 from ..notices import notice_of
+from ..storage import oldest_first, remove_partial, work_dir
 from .job import BUG, JobError, base_timm_name, blocker, prepare, run_train_job
-from .policy import device_warning, estimate_s, gpu_seconds, on_zero_gpu, training_device
+from .policy import (IMAGES_PER_S, WARMUP_STEPS, device_warning, estimate_s, gpu_seconds,
+                     on_zero_gpu, projected_s, training_device)
 from .request import FinetuneRequest, InvalidRequest
 from .store import FinetuneStore, keep_newest
 
@@ -100,22 +101,32 @@ def resume_key(request: FinetuneRequest) -> str:
 class JobRunner:
     """Runs one fine-tuning job at a time for the whole server and keeps its state.
 
-    ``state_dir``: this instance's resume-state folder (default: a new temporary folder); it
-    holds at most ``settings.keep_finetuned`` resume states, and deletes only its own files.
+    ``state_dir``: the resume-state folder (default: the app's ``resume`` work folder, the same
+    after a restart, so that a job stopped before it can still be resumed); it holds at most
+    ``settings.keep_finetuned`` resume states, those of earlier runs counted.
     """
 
     def __init__(self, registry: Registry, store: FinetuneStore, data_dir: str | None = None,
                  settings: Settings = Settings(), state_dir: Path | None = None):
         self.registry, self.store, self.data_dir, self.settings = registry, store, data_dir, settings
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="vit-demo-resume-"))
+        self.state_dir = Path(state_dir or work_dir("resume"))
         self.device = training_device()
         self._cond = threading.Condition()
         self._state = JobState(device=self.device, warning=device_warning(self.device))
         self._version = 0
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self._states_written: list[Path] = []
+        self._states_written: list[Path] = []  # resume states, oldest first
+        remove_partial(self.state_dir)
+        for path in oldest_first(self.state_dir.glob("*.safetensors")):
+            for old in keep_newest(self._states_written, path, settings.keep_finetuned):
+                old.unlink(missing_ok=True)
         self._stop_reason = "stopped"  # how the log words a stop: by the visitor or the budget
+        self._refused = ""  # why the warm-up stopped the job (its measured end over the budget)
+        self._request: FinetuneRequest | None = None
+        self._phase_start = 0.0  # time.monotonic() when the baseline, then the timed steps, began
+        self._eval_rate = 0.0  # images/s of the baseline validation, 0 until measured
+        self._warm_steps = 0  # steps of this run, until the warm-up check
 
     # -- reading ------------------------------------------------------------------------
     def snapshot(self) -> JobState:
@@ -194,7 +205,8 @@ class JobRunner:
                     "runs at a time: wait for it to finish or stop it.")
             estimate = self.check(request)
             self._cancel = threading.Event()
-            self._stop_reason = "stopped"
+            self._stop_reason, self._refused, self._request = "stopped", "", request
+            self._eval_rate, self._warm_steps = 0.0, 0
             self._state = JobState(id=self._state.id + 1, status=STARTING, request=asdict(request),
                                    device=self.device, warning=device_warning(self.device),
                                    total_steps=request.total_steps(), started=time.time(),
@@ -254,6 +266,8 @@ class JobRunner:
                     for old in keep_newest(self._states_written, state_path,
                                            self.settings.keep_finetuned):
                         old.unlink(missing_ok=True)
+                if self._refused:
+                    return self._end(FAILED, self._refused, error=self._refused)
                 every = request.train_config().checkpoint_every
                 last = self._state.step // every * every  # the last resume state's step
                 return self._end(CANCELLED, f"{self._stop_reason} at step {self._state.step}; "
@@ -311,6 +325,7 @@ class JobRunner:
         if kind == "log":
             self._update(value)
         elif kind == "started":
+            self._phase_start = time.monotonic()
             self._update(f"training {value['trainable']:,} parameters for "
                          f"{value['total_steps']} steps ({value['steps_per_epoch']} per epoch)"
                          + (f"; resumed at step {value['resumed_step']}"
@@ -318,6 +333,8 @@ class JobRunner:
                          total_steps=value["total_steps"], step=value["resumed_step"],
                          **({} if cancel.is_set() else {"status": RUNNING}))
         elif kind == "baseline":
+            self._eval_rate = self._request.val_images / max(time.monotonic() - self._phase_start,
+                                                             1e-3)
             with self._cond:
                 self._state.history.append(value)
                 self._update(f"step {value['step']}: validation accuracy "
@@ -341,6 +358,11 @@ class JobRunner:
             s.images_per_s = rate if s.images_per_s is None else 0.8 * s.images_per_s + 0.2 * rate
             s.step, s.total_steps, s.epoch, s.eta_s = p["step"], p["total_steps"], p["epoch"], p["eta_s"]
             s.history.append(row)
+            self._warm_steps += 1  # timed from the end of the first step (its set-up aside)
+            if self._warm_steps == 1:
+                self._phase_start = time.monotonic()
+            elif self._warm_steps == 1 + WARMUP_STEPS:
+                self._check_projection(p, (time.monotonic() - self._phase_start) / WARMUP_STEPS)
             if p["val_accuracy"] is not None:
                 self._update(f"step {p['step']}/{p['total_steps']} epoch {p['epoch']:.2f}: "
                              f"validation accuracy {p['val_accuracy']:.4f}")
@@ -349,6 +371,25 @@ class JobRunner:
                              f"train accuracy {p['accuracy']:.3f}, {s.images_per_s:.0f} images/s")
             else:
                 self._update()
+
+    def _check_projection(self, p: dict, step_s: float) -> None:
+        """After the warm-up (``step_s``: seconds a step, measured): the job's end projected
+        from its measured speed. One that would overrun its budget is stopped now, with the
+        measured rate (instead of at the budget, with nothing kept)."""
+        request, s = self._request, self._state
+        eval_rate = self._eval_rate or IMAGES_PER_S[(self.device, request.base_kind)][1]
+        total = projected_s(time.time() - s.started, step_s * (p["total_steps"] - p["step"]),
+                            request, p["epoch"], eval_rate)
+        if total <= self.settings.max_job_s or self._cancel.is_set():
+            return
+        rate = request.batch_size / step_s
+        self._refused = (
+            f"Stopped after a warm-up of {p['step']} steps: at the {rate:,.0f} images/s "
+            f"measured here the job would take about {total:,.0f} s, over its budget of "
+            f"{self.settings.max_job_s:,} s. Use fewer images, epochs or steps (about "
+            f"{self.settings.max_job_s / total:.0%} of this job fits).")
+        self._cancel.set()
+        self._update(self._refused, status=STOPPING)
 
     def _save_card(self, name: str, card: ModelCard, test: dict | None) -> None:
         """Write the card (the pair is then complete), evict beyond the cap, make it usable."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,12 +19,14 @@ from ..finetune.store import FinetuneStore
 from ..inference import set_pixel_limit
 from ..registry import LOADING, READY, SCRATCH, VITB16, Registry
 from ..settings import Settings
+from ..storage import work_dir
 from . import attention, classify, compare, finetune, inside, walkthrough
 from .cache_budget import CacheBudget
 from .common import (CSS, OPERATOR_TITLE, AppContext, default_choice, model_choices,
                      operator_details, share_image, status_badges)
+from .limits import PROXY_ENV, BodyLimit, HidePartial, QueueGuard
 
-FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: a new temp folder)
+FINETUNE_DIR_ENV = "VIT_DEMO_FINETUNE_DIR"  # fine-tuned checkpoints (default: storage.work_dir)
 # Gradio summarises its per-event analytics (a pandas DataFrame of up to 10,000 events) after
 # every event by default, for a monitoring page this app does not turn on: 8-35 ms of CPU a
 # request (benchmarks/bench_analytics.py). Its queue reads how often from this variable.
@@ -44,8 +45,7 @@ def create_context(weights_dir: Path | None = None, data_dir: str | None = None,
     limit. ``cache_examples``: Gradio caches what the examples show (as on a Space)."""
     settings = settings or Settings.from_env()
     set_pixel_limit(settings.max_pixels)
-    finetune_dir = Path(finetune_dir or os.environ.get(FINETUNE_DIR_ENV)
-                        or tempfile.mkdtemp(prefix="vit-demo-finetuned-"))
+    finetune_dir = Path(finetune_dir or os.environ.get(FINETUNE_DIR_ENV) or work_dir("finetuned"))
     registry = Registry(weights_dir, allow_hub=allow_hub, finetune_dir=finetune_dir)
     registry.load_in_background(VITB16)
     registry.load_in_background(SCRATCH).join()
@@ -131,12 +131,26 @@ def launch_kwargs(demo: gr.Blocks, ctx: AppContext) -> dict:
     """``demo.launch()`` settings. Gradio serves uploads, the examples and finished fine-tunes
     (``allowed_paths``: their folder), never the shipped weights folder; its cache folder is
     held to ``cache_mb``. The app is also an MCP server (``/gradio_api/mcp/``): its public
-    endpoints are tools an agent can call."""
+    endpoints are tools an agent can call. Every request body is bounded (``limits.BodyLimit``)
+    before the cache budget counts it; session ids and requests in flight per client are
+    checked before Gradio's queue sees a request (``limits.QueueGuard``)."""
     return {"max_file_size": ctx.settings.max_bytes, "css": CSS, "mcp_server": True,
+            "state_session_capacity": ctx.settings.sessions,
             "allowed_paths": [str(ctx.store.folder.resolve())],
             "app_kwargs": {"exception_handlers": {TypeError: _refuse_nameless_uploads},
-                           "middleware": [Middleware(CacheBudget, demo=demo,
-                                                     budget_bytes=ctx.settings.cache_bytes)]}}
+                           "middleware": [Middleware(HidePartial),
+                                          Middleware(BodyLimit, max_bytes=ctx.settings.max_bytes),
+                                          Middleware(CacheBudget, demo=demo,
+                                                     budget_bytes=ctx.settings.cache_bytes),
+                                          Middleware(QueueGuard, demo=demo,
+                                                     max_requests=ctx.settings.client_requests,
+                                                     behind_proxy=behind_proxy())]}}
+
+
+def behind_proxy() -> bool:
+    """Whether requests come through a proxy that appends the client to X-Forwarded-For: on a
+    Space (SPACE_ID set), or where the deployment says so (VIT_DEMO_BEHIND_PROXY=1)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get(PROXY_ENV) == "1"
 
 
 def serve_locally(demo: gr.Blocks, ctx: AppContext) -> str:

@@ -21,7 +21,7 @@ from ..registry import VITB16, LoadedModel
 from ..overlay import (COLORMAPS, colormap_stops, crop_box, crops_the_photo, model_view, overlay,
                        photo_overlay, value_grid)
 from ..rollout import HEAD_FUSIONS
-from .common import (BOTH, INFERENCE, AppContext, examples, image_input, load_models,
+from .common import (BOTH, HEAVY, AppContext, examples, image_input, load_models,
                      model_dropdown, read_image, unavailable_message, unavailable_note, user_errors)
 
 PREDICTED = "predicted"  # target class: whatever the model predicts
@@ -375,12 +375,12 @@ def build_tab(ctx: AppContext):
     outputs = [left, right, left_label, right_label, values, notes, left_faith, right_faith]
     unscored = gr.State()
     run.click(show_map, inputs=inputs, outputs=[*outputs, unscored], api_visibility="private",
-              **INFERENCE).success(add_scores, inputs=[unscored],
+              **HEAVY).success(add_scores, inputs=[unscored],
                                    outputs=[values, left_faith, right_faith],
-                                   api_visibility="private", **INFERENCE)
+                                   api_visibility="private", **HEAVY)
     # the API's one endpoint: map and scores in one answer (no button on the page fires it)
     gr.Button(visible=False).click(attention_rollout, inputs=inputs, outputs=outputs,
-                                   api_name="rollout", **INFERENCE)
+                                   api_name="rollout", **HEAVY)
     # only the controls the chosen method uses are shown
     used_by = {head_fusion: ("rollout", "raw"), discard_ratio: ("rollout",),
                start_layer: ("rollout", "grad"), target_class: ("grad",), layer: ("raw",),

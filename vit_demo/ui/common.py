@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio import processing_utils
+from gradio_client import utils as client_utils
 from gradio.data_classes import ImageData
 
 from ..data import data_problem
@@ -23,11 +24,16 @@ from ..notices import Explained
 from ..settings import Settings
 from ..registry import (BOTH, LOADING, NOT_LOADED, READY, SCRATCH, UNAVAILABLE, VITB16,
                         LoadedModel, ModelStatus, ModelUnavailable, Registry)
+from .limits import checked_examples
 
-# /classify and /rollout share one limit (concurrency_id "inference"): requests beyond it wait
-# in the queue. Each forward pass uses torch's intra-op threads, so more would only contend.
+# /classify (and an example's answer) share one limit (concurrency_id "inference"): requests
+# beyond it wait in the queue. Each forward pass uses torch's intra-op threads, so more would
+# only contend. The expensive work (attention maps and their scores, "Inside the model", the
+# latency measurement: seconds of CPU each with ViT-B/16) has a group of its own ("heavy"),
+# so that however many of those wait, classification keeps its own slots.
 INFERENCE = {"concurrency_id": "inference", "concurrency_limit": 4}
 log = logging.getLogger("vit_demo.ui")
+HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 2}
 
 
 @dataclass
@@ -59,6 +65,10 @@ def user_errors() -> Iterator[None]:
         raise refuse(visitor, str(exc)) from exc
 
 
+URL_REFUSED = ("Cannot fetch an image from a web address: this server does not download files. "
+               "Upload the image, or send it inline as a data: URL.")
+
+
 class ImageUpload(gr.Image):
     """``gr.Image`` that hands its handler the uploaded file's path without opening it. Gradio's
     own decodes the upload (an inline ``data:`` URL too) before the handler runs, so a damaged or
@@ -69,6 +79,14 @@ class ImageUpload(gr.Image):
 
     def get_block_name(self) -> str:
         return "image"
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path: str | Path | None
+                                                 ) -> str | None:
+        """Gradio would download an image given as an http(s) URL, whole and before any
+        check, holding an inference slot while it does: refused instead."""
+        if client_utils.is_http_url_like(str(url_or_file_path)):
+            raise gr.Error(URL_REFUSED)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
 
     def preprocess(self, payload: ImageData | None) -> str | None:
         if payload is None:
@@ -127,7 +145,12 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
               "cache_mode": "lazy", "api_name": api_name or "load_example"}
     if gallery.state == GALLERY_READY:
         picked = gr.Examples([[str(p)] for p in gallery.paths], inputs=[image], outputs=[*outputs],
-                             fn=fn, cache_examples=cache, run_on_click=fn is not None, **common)
+                             fn=fn, cache_examples=cache, **common)
+        checked_examples(picked.dataset, picked.load_input_event)
+        if fn is not None and not cache:  # what the example shows, from its index: no upload
+            picked.load_input_event.then(lambda example: fn(str(gallery.paths[example[0]])),
+                                         inputs=[picked.dataset], outputs=[*outputs],
+                                         api_visibility="private", **INFERENCE)
         return picked.load_input_event
     if gallery.state != DOWNLOADING:
         return None
@@ -143,7 +166,7 @@ def examples(ctx: AppContext, image: gr.Image, fn=None, outputs: Sequence = (),
     loaded = picked.load_input_event
     if not cache:  # uncached, Gradio only puts the name in the box: show the example after it
         loaded = loaded.then(show, inputs=[name], outputs=[image, *outputs],
-                             api_visibility="private")
+                             api_visibility="private", **INFERENCE)
     while_downloading(gallery, [note], lambda: (gallery_note(gallery),))
     return loaded
 

@@ -15,7 +15,7 @@ from ..compare import ModelFigures, figures
 from ..data import CLASSES
 from ..evaluate import confusion_png, cpu_latency_ms
 from ..registry import READY, Registry
-from .common import INFERENCE, AppContext
+from .common import HEAVY, AppContext
 
 LATENCY_RUNS = 5
 
@@ -128,5 +128,5 @@ def build_tab(ctx: AppContext) -> tuple[gr.HTML, gr.HTML, gr.HTML]:
     refresh.click(compare_models, outputs=[summary, per_class, confusion], api_name="compare")
     # Callable by API clients, but no MCP tool (nor in view_api): a benchmark of the server.
     time_now.click(lambda: measure_latency(ctx), outputs=[latency], api_name="latency",
-                   api_visibility="undocumented", **INFERENCE)
+                   api_visibility="undocumented", **HEAVY)
     return summary, per_class, confusion

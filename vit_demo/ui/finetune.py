@@ -24,8 +24,10 @@ from ..finetune.job import base_timm_name, blocker
 from ..finetune.request import FinetuneRequest, default_request
 from ..finetune.runner import DONE, FAILED, STARTING, JobRunner, JobState
 from ..registry import SCRATCH, VITB16
+from .cache_budget import served_copy
 from .common import AppContext, refuse, user_errors, while_downloading
 
+PROGRESS_POLL_S = 2.0  # how often a page watching another's job asks for its state
 MAX_PLOT_POINTS = 400  # per series; longer histories are thinned for the plot
 LOG_LINES = 12
 LOSS_COLORS = {"train loss": "#2563eb"}
@@ -103,7 +105,8 @@ def view(state: JobState, runner: JobRunner, mine: bool = True) -> Outputs:
     files = None
     if state.status == DONE and state.model_key:
         tensors = runner.store.tensors_path(state.model_key)
-        files = [str(p) for p in (tensors, tensors.with_suffix(".json")) if p.is_file()] or None
+        files = [served_copy(p) for p in (tensors, tensors.with_suffix(".json"))
+                 if p.is_file()] or None
     return (progress_html(state, mine), loss, acc, "\n".join(state.log[-LOG_LINES:]), files,
             state.summary())
 
@@ -214,10 +217,13 @@ def build_tab(ctx: AppContext) -> None:
         if state.status == FAILED:
             raise gr.Error(f"The fine-tune failed: {state.error}", print_exception=False)
 
-    async def follow(request: gr.Request) -> AsyncIterator[Outputs]:
-        """The current job's state, streamed while it is active (one update when it is not)."""
-        async for state in runner.updates():
-            yield view(state, runner, mine=state.owner == (request.session_hash or ""))
+    def poll(request: gr.Request) -> tuple:
+        """The current job's state, and the page's poll running while the job is active: each
+        open page asks every ``PROGRESS_POLL_S`` seconds, outside the queue, instead of holding
+        one of its workers for as long as the job runs."""
+        state = runner.snapshot()
+        return (*view(state, runner, mine=state.owner == (request.session_hash or "")),
+                gr.Timer(active=state.active))
 
     def stop(request: gr.Request) -> Outputs:
         """Stop the running job, if this session started it; the state then."""
@@ -231,20 +237,25 @@ def build_tab(ctx: AppContext) -> None:
     # defaults only for documented endpoints. Stop and status take none: callable by API
     # clients, but "undocumented", so no MCP tools (nor in view_api).
     job_api = {"concurrency_limit": None, "show_progress": "hidden"}
+    ticker = gr.Timer(PROGRESS_POLL_S, active=False)
+    polled = {"fn": poll, "outputs": [*outputs, ticker], "api_visibility": "private",
+              "queue": False, "show_progress": "hidden"}
     started = start_btn.click(finetune, inputs=inputs, outputs=outputs, api_name="finetune",
                               **job_api)
-    started.failure(follow, outputs=outputs, api_visibility="private", **job_api)
+    started.failure(**polled)  # another job runs: watch it
     # The stop's answer is the state when it was asked; the job may end (and the start's stream
-    # say so) before that answer lands, so the page follows the job again until it has ended.
+    # say so) before that answer lands, so the page watches the job again until it has ended.
     stop_btn.click(stop, outputs=outputs, api_name="finetune_stop", api_visibility="undocumented",
-                   **job_api).then(follow, outputs=outputs, api_visibility="private", **job_api)
+                   **job_api).then(**polled)
+
     def refresh(request: gr.Request) -> Outputs:
         state = runner.snapshot()
         return view(state, runner, mine=state.owner == (request.session_hash or ""))
 
     refresh_btn.click(refresh, outputs=outputs,
                       api_name="finetune_status", api_visibility="undocumented", **job_api)
-    gr.on(triggers=None, fn=follow, outputs=outputs, api_visibility="private", **job_api)
+    gr.on(triggers=[ticker.tick], **polled)
+    gr.on(triggers=None, **polled)  # on page load
     base.input(lambda b: form_defaults(b, runner.device), inputs=[base],
                outputs=[train_images, epochs, steps, batch_size, lr, freeze, name, val_images,
                         test_images], api_visibility="private", queue=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import tempfile
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -15,6 +14,7 @@ from typing import TypeVar
 from weakref import WeakKeyDictionary
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 import torch.nn as nn
 from PIL import Image
 
@@ -24,14 +24,14 @@ from ..inside import patch_size
 from ..inside_plots import (DistanceFigure, WeightFigures, cifar_distance_figure, distance_figure,
                             weight_figures)
 from ..registry import READY, LoadedModel, ModelKind, ModelUnavailable
-from .common import (BOTH, INFERENCE, AppContext, image_input, keys_for, model_dropdown,
+from .common import (BOTH, HEAVY, AppContext, image_input, keys_for, model_dropdown,
                      read_image, refuse, unavailable_message)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 NO_DISTANCE = (f"No distance figure: it is averaged over CIFAR-10 test images, and {NO_DATA}. "
                "Add a photo to see how far each head looks in it.")
-_PNG_DIR = Path(tempfile.mkdtemp(prefix="vit-demo-inside-"))
+PNG_FOLDER = "vit-demo-inside"  # in Gradio's cache folder
 FIGURES = [("filters", "Patch-embedding filters"), ("positions", "Position-embedding similarity"),
            ("distance", "Mean attention distance")]
 READINGS = {
@@ -75,10 +75,15 @@ def cifar_test(data_dir: str | None) -> Split:
 
 
 def png_file(data: bytes) -> str:
-    """``data`` written once to the tab's temp folder, named by its content."""
-    path = _PNG_DIR / f"{hashlib.sha1(data).hexdigest()}.png"
+    """``data`` written once, named by its content, into a folder of Gradio's cache, which the
+    cache budget bounds and Gradio empties hourly (a figure deleted there is written again)."""
+    folder = Path(get_upload_folder()) / PNG_FOLDER
+    path = folder / f"{hashlib.sha1(data).hexdigest()}.png"
     if not path.is_file():
-        path.write_bytes(data)
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        partial.write_bytes(data)
+        partial.replace(path)  # a concurrent request never serves half a figure
     return str(path)
 
 
@@ -215,8 +220,8 @@ def build_tab(ctx: AppContext, tab: gr.Tab) -> tuple[gr.Image, gr.Dropdown]:
     outputs = [*left, *right, notes, values]
     # the API's endpoint gives the figures' paths (no button on the page fires it)
     gr.Button(visible=False).click(inside_figures, inputs=[choice, image], outputs=outputs,
-                                   api_name="inside", **INFERENCE)
+                                   api_name="inside", **HEAVY)
     for event in (run.click, tab.select, choice.input):
         event(show_figures, inputs=[choice, image], outputs=outputs, api_visibility="private",
-              **INFERENCE)
+              **HEAVY)
     return image, choice
