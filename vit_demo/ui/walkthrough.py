@@ -13,7 +13,7 @@ from ..overlay import model_view
 from ..registry import BOTH, SCRATCH, LoadedModel, ModelUnavailable
 from ..walkthrough import Walkthrough, top_k, walkthrough
 from ..walkthrough_plots import walkthrough_pngs
-from .common import (INFERENCE, AppContext, examples, image_input, keys_for, model_dropdown,
+from .common import (HEAVY, AppContext, examples, image_input, keys_for, model_dropdown,
                      read_image, unavailable_message, user_errors)
 from .inside import png_file
 
@@ -125,5 +125,5 @@ def build_section(ctx: AppContext):
         return walk(ctx, image, model)
 
     run.click(forward_walkthrough, inputs=[image, choice],
-              outputs=[*figures.values(), answer, notes, values], api_name="walkthrough", **INFERENCE)
+              outputs=[*figures.values(), answer, notes, values], api_name="walkthrough", **HEAVY)
     return image, picked
