@@ -146,7 +146,7 @@ def test_pages_watch_a_job_by_polling_outside_the_queue(job_app):
              if d["queue"] is False and len(d["outputs"]) == 7
              and any(t[1] in ("load", "tick") for t in d["targets"])]
     assert len(polls) == 2  # on page load, and the page's timer
-    job = client.submit("scratch", 3000, 1, 3000, 16, 1e-3, False, 0, "watched", 0, 10,
+    job = client.submit("scratch", 3000, 1, 600, 16, 1e-3, False, 0, "watched", 0, 10,
                         api_name="/finetune")
     try:
         deadline = time.monotonic() + 60

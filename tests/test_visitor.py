@@ -132,6 +132,7 @@ def test_a_visitor_meets_plain_words_and_only_what_can_run(browser, bare_server,
 
         panel = open_tab(page, "Inside the model")
         figures = panel.locator(".inside-figure").filter(visible=True)
+        figures.first.scroll_into_view_if_needed()  # the page loads images as they come near
         figures.first.locator("img").wait_for()
         page.wait_for_function("[...document.querySelectorAll('.inside-figure')]"
                                ".filter(f => f.offsetParent).length === 3")  # one model: three
@@ -195,7 +196,9 @@ def test_inside_side_by_side_stacks_on_a_phone(browser, vitb16_app, monkeypatch)
     context, page = open_page(browser, vitb16_app[0], PHONE)
     try:
         panel = open_tab(page, "Inside the model")
-        assert panel.get_by_label("Model").input_value().endswith("side by side")
+        # Fig. 7's model choice, below the walkthrough's
+        assert panel.get_by_label("Model").last.input_value().endswith("side by side")
+        panel.locator("#inside-filters-left").scroll_into_view_if_needed()  # images load when near
         page.wait_for_function("[...document.querySelectorAll('.inside-figure img')]"
                                ".filter(i => i.offsetParent && i.complete).length === 6")
         screenshot(page, "visitor-400-inside-both")
