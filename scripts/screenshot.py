@@ -85,10 +85,11 @@ def shoot_tabs(page, image: Path, out: Path, prefix: str, shots: list[Path]) -> 
     page.get_by_role("tab", name="Compare").click()
     page.locator("#compare-figures img").first.wait_for()
     shoot(page, out / f"{prefix}compare.png", shots)
-    page.get_by_role("tab", name="Inside the model").click()
-    page.locator("#inside-distance-left img").wait_for()
-    shoot(page, out / f"{prefix}inside.png", shots)
     shoot(page, out / f"{prefix}walkthrough.png", shots, run_walkthrough(page))
+    distance = page.locator("#inside-distance-left")
+    distance.scroll_into_view_if_needed()  # the page loads images as they come near
+    distance.locator("img").wait_for()
+    shoot(page, out / f"{prefix}inside.png", shots)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
