@@ -438,6 +438,8 @@ def test_finetune_tab_starts_and_stops_a_job(browser, finetune_app, request):
             panel.get_by_label(label, exact=True).fill(value)
         panel.get_by_role("button", name="Start").click()
         panel.get_by_text(re.compile(r"step [1-9]\d*/1870")).wait_for()  # running, past step 0
+        for shown in ("loss", "accuracy", "log"):  # hidden while empty, shown once the job runs
+            panel.locator(f"#finetune-{shown}").wait_for()
         screenshot(page, "finetune-running")
         panel.get_by_role("button", name="Stop").click()
         panel.locator("b", has_text=re.compile(r"^cancelled$")).wait_for()

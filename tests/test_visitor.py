@@ -120,6 +120,8 @@ def test_a_visitor_meets_plain_words_and_only_what_can_run(browser, bare_server,
         assert start.is_disabled()
         reason = panel.locator("#finetune-start-reason")
         assert "CIFAR-10 is not on this server" in reason.inner_text()
+        for empty in ("loss", "accuracy", "log", "files"):  # no job yet: no empty boxes
+            assert not panel.locator(f"#finetune-{empty}").is_visible(), empty
         screenshot(page, f"{name}-finetune")
 
         picture = photo(tmp_path)

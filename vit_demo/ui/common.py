@@ -373,6 +373,10 @@ CSS = """
 .toast-title.error { visibility: hidden; font-size: 0; }
 .toast-title.error::after { content: "Cannot do that"; visibility: visible;
                             font-size: var(--text-md); }
+/* the fine-tune job's plots, log and files take no room while they are empty (no job yet) */
+#finetune-loss:has(> [aria-label="Empty value"]), #finetune-accuracy:has(> [aria-label="Empty value"]),
+#finetune-files:has(> [aria-label="Empty value"]), #finetune-log:has(textarea:placeholder-shown) {
+  display: none; }
 /* Inside's figures: their buttons sit above the picture, not over its title */
 .inside-figure img { padding-top: 32px; }
 /* the attention maps' colour bar */

@@ -188,11 +188,15 @@ def build_tab(ctx: AppContext) -> None:
             progress = gr.HTML(progress_html(runner.snapshot()))
             plot = partial(gr.LinePlot, x="step", y="value", color="series", x_title="optimizer step",
                            height=220)
-            loss_plot = plot(title="Training loss", y_title="loss", color_map=LOSS_COLORS)
-            acc_plot = plot(title="Accuracy", y_title="accuracy", color_map=ACCURACY_COLORS)
+            loss_plot = plot(title="Training loss", y_title="loss", color_map=LOSS_COLORS,
+                             elem_id="finetune-loss")
+            acc_plot = plot(title="Accuracy", y_title="accuracy", color_map=ACCURACY_COLORS,
+                            elem_id="finetune-accuracy")
             log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, autoscroll=True,
-                             interactive=False)
-            files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False)
+                             interactive=False, elem_id="finetune-log",
+                             placeholder="The job's log")
+            files = gr.File(label="Checkpoint and card", file_count="multiple", interactive=False,
+                            elem_id="finetune-files")
             with gr.Accordion("Job state (JSON)", open=False):
                 state_json = gr.JSON()
     inputs = [base, train_images, epochs, steps, batch_size, lr, freeze, seed, name, val_images,
