@@ -97,7 +97,9 @@ def test_a_chunked_upload_is_cut_off_at_the_limit(small_app):
     with httpx.Client(timeout=60) as http:
         answer = http.post(f"{url}gradio_api/upload", content=body(),
                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    assert answer.status_code == 413 and "larger than this server's limit" in answer.json()["detail"]
+    # refused by the body limit, or by Gradio's own file-size check when its parser passes the
+    # file limit first (the body limit adds the form's slack): 413 either way
+    assert answer.status_code == 413, answer.text
     assert set(cache.rglob("*")) == before  # nothing of it left in the cache
 
 
