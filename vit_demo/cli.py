@@ -110,15 +110,15 @@ def cmd_recipe(args) -> None:
                          callback=lambda stage, p: report(p, f"[{stage.name}] "))
     bar.close()
     last = results[-1]
-    teachers = [r for r in results if r.stage.name == recipe.final.teacher]
+    teacher = recipe.stage(recipe.final.teacher)
     _ship(args, last.model, last.stage.model_config(), last.stage.model, last.stage.train, train, val,
           device, last.history, last.elapsed_s, steps=last.steps,
           wall_s_total=round(sum(r.elapsed_s for r in results), 1), command=f"python -m vit_demo "
           f"train --recipe {recipe.path.as_posix()}", recipe_file=recipe.path.as_posix(),
           recipe_sha256=recipe.sha256,
           teacher=(f"hard distillation (weight {recipe.final.train.distill:g}) from a CNN "
-                   f"({teachers[0].stage.model}) trained here on CIFAR-10 alone"
-                   if teachers else None))
+                   f"({teacher.model}) trained here on CIFAR-10 alone"
+                   if teacher else None))
 
 
 def cmd_train(args) -> None:

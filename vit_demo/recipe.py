@@ -70,6 +70,10 @@ class Recipe:
     def final(self) -> Stage:
         return self.stages[-1]
 
+    def stage(self, name: str | None) -> Stage | None:
+        """The stage called ``name`` (None for None)."""
+        return next((s for s in self.stages if s.name == name), None)
+
 
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and check a recipe file; a ``ValueError`` says what is wrong with it."""
@@ -161,9 +165,9 @@ def run_recipe(recipe: Recipe, run_dir: Path, train: Split, val: Split | None,
         torch.manual_seed(stage.train.seed)
         model = stage.build()
         if stage.init is not None:
-            start = final_weights(run_dir, next(s for s in recipe.stages if s.name == stage.init))
+            start = final_weights(run_dir, recipe.stage(stage.init))
             model.load_state_dict((deepen(start, model.cfg.depth) if stage.is_vit else start).state_dict())
-        teacher = (final_weights(run_dir, next(s for s in recipe.stages if s.name == stage.teacher))
+        teacher = (final_weights(run_dir, recipe.stage(stage.teacher))
                    if stage.teacher is not None else None)
         trainer = Trainer(model, CIFAR10_DATA_CONFIG, train, stage.train, val=val, device=device,
                           state_path=state_path(run_dir, stage), model_config=stage.model_config(),
@@ -209,7 +213,7 @@ def learning_curve(recipe: Recipe, run_dir: Path, train_images: int
         if not path.is_file():
             break
         meta = load_tensors(path)[1]
-        teacher = next((s for s in recipe.stages if s.name == stage.teacher), None)
+        teacher = recipe.stage(stage.teacher)
         per_image = training_flops_per_image(stage.build(), CIFAR10_DATA_CONFIG,
                                              teacher.build() if teacher else None)
         pflops_per_step = per_image * stage.train.batch_size / 1e15
